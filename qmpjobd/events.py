@@ -15,6 +15,7 @@ Must not import: sockets, JSON, jobs, block.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,10 +75,8 @@ class EventBus:
         return sub
 
     def _remove(self, sub: Subscription) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._subs.remove(sub)
-        except ValueError:
-            pass
 
     def publish(self, name: str, data: Mapping[str, Any]) -> Event:
         """Stamp and number an event, then hand it to every sink, in order."""

@@ -1,0 +1,78 @@
+"""The iteration orders of QEMU's dictionaries, for reporting the same member
+QEMU reports when several are wrong.
+
+QEMU checks a request's top-level members while iterating its QDict (a
+512-bucket hash table whose buckets hold the newest key first), and reports
+the first unexpected argument while iterating a GLib hash table built from
+the leftover members of that QDict. A client that sends two bad members gets
+the one that comes first in those orders; we compute the same orders.
+
+A leaf module: it imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+_QDICT_BUCKETS = 512
+# GLib's table of primes for hash tables of 2**shift slots.
+_PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191, 16381, 32749)
+_MIN_SHIFT = 3
+
+
+def _qdict_hash(key: str) -> int:
+    raw = key.encode("utf-8", "surrogatepass")
+    value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
+    for i, byte in enumerate(raw):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return (1103515243 * value + 12345) & 0xFFFFFFFF
+
+
+def qdict_order(keys: Iterable[str]) -> list[str]:
+    """The order in which QEMU iterates a QDict whose keys were inserted in *keys* order."""
+    buckets: dict[int, list[str]] = {}
+    for key in keys:
+        buckets.setdefault(_qdict_hash(key) % _QDICT_BUCKETS, []).insert(0, key)
+    return [key for index in sorted(buckets) for key in buckets[index]]
+
+
+def _g_str_hash(key: str) -> int:
+    value = 5381
+    for byte in key.encode("utf-8", "surrogatepass"):
+        signed = byte - 256 if byte >= 128 else byte
+        value = (value * 33 + signed) & 0xFFFFFFFF
+    return value
+
+
+def ghash_order(keys: Iterable[str]) -> list[str]:
+    """The order in which GLib iterates a string-keyed hash table filled in *keys* order."""
+    items = list(keys)
+    shift = _MIN_SHIFT
+    # GLib grows the table once it is more than ~15/16 full.
+    while (1 << shift) <= len(items) + len(items) // 16:
+        shift += 1
+    size = 1 << shift
+    slots: list[str | None] = [None] * size
+    for key in items:
+        hashed = _g_str_hash(key)
+        if hashed < 2:
+            hashed = 2
+        index = (hashed * 11) % _PRIME_MOD[shift]
+        step = 0
+        while slots[index] is not None:
+            step += 1
+            index = (index + step) & (size - 1)
+        slots[index] = key
+    return [key for key in slots if key is not None]
+
+
+def first_unexpected(members: Iterable[str], unexpected: Iterable[str]) -> str:
+    """The member QEMU's input visitor names in "Parameter '%s' is unexpected".
+
+    *members* are all members of the object, in the order the client sent
+    them; *unexpected* the ones the schema does not know. QEMU fills its table
+    with every member and removes the known ones as it visits them, so the
+    known ones decide where the others landed.
+    """
+    wanted = set(unexpected)
+    return next(key for key in ghash_order(qdict_order(members)) if key in wanted)
