@@ -8,7 +8,8 @@ schema of the result), ``x-features`` and ``x-allow-oob``. Shared types live
 in ``schema/types/`` and are reached with ``$ref: "qmpjobd:type/NAME"``. A
 QAPI flat union is written as a base object plus ``x-union: {discriminator,
 variants}``; the loader also derives standard ``if``/``then`` clauses from it,
-so a stock JSON Schema validator accepts exactly the same instances.
+so a stock JSON Schema validator accepts exactly the same instances. An
+``integer`` without bounds is QAPI's ``int``: a signed 64-bit value.
 
 Arguments are validated by walking the schema in QAPI visitor order, so that
 the first error found is the one QEMU reports: members in declared order
@@ -329,6 +330,10 @@ def _standardise(doc: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict):
             for value in node.values():
                 fix(value)
+            if node.get("type") == "integer":
+                # QAPI's int is int64 unless the schema says otherwise.
+                node.setdefault("minimum", _INT64[0])
+                node.setdefault("maximum", _INT64[1])
             union = node.get("x-union")
             if union is not None:
                 disc = union["discriminator"]
