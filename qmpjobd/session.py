@@ -23,19 +23,28 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import protocol, wire
 from .commands import CommandTable
 from .errors import QMPError
 
-if TYPE_CHECKING:
-    from .server import Server
-
 log = logging.getLogger(__name__)
 
 #: Decoded requests waiting to run before the session stops reading.
 _MAX_QUEUED_REQUESTS = 256
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server that accepted it."""
+
+    negotiation_table: CommandTable
+    command_table: CommandTable
+    max_outbound: int
+
+    def negotiated(self, session: Session) -> None: ...
+
+    def forget(self, session: Session) -> None: ...
 
 
 class Runstate(Enum):
@@ -48,7 +57,7 @@ class Runstate(Enum):
 class Session(asyncio.Protocol):
     """One connected monitor."""
 
-    def __init__(self, server: Server, number: int) -> None:
+    def __init__(self, server: SessionHost, number: int) -> None:
         self.server = server
         self.number = number
         self.table: CommandTable = server.negotiation_table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import json
 import shutil
@@ -98,3 +99,10 @@ async def app(sock_dir: Path) -> AsyncIterator[App]:
 @pytest.fixture
 def sock(app: App) -> Path:
     return Path(app.config.sockets[0])
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after each test, so a leaked socket is blamed on the test that leaked it."""
+    yield
+    gc.collect()

@@ -87,6 +87,8 @@ def test_legacy_client(sock_dir: Path) -> None:
             }
         }
         monitor.close()
+        # The legacy client never closes the event loop it made for itself.
+        monitor._aloop.close()
     finally:
         proc.terminate()
         assert proc.wait(5) == 0
