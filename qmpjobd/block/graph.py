@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -38,13 +39,15 @@ from .nodes import (
     NullAioNode,
     NullNode,
     RawNode,
+    round_up,
 )
 
 DEFAULT_IO_WORKERS = 4
 _NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
 _NODE_NAME_MAX = 31
 _INT_MAX = (1 << 31) - 1
-_U64 = 1 << 64
+#: QEMU's largest node length: INT64_MAX rounded down to a sector.
+_MAX_LENGTH = ((1 << 63) - 1) // 512 * 512
 
 
 def _non_negative(options: dict[str, Any], key: str) -> None:
@@ -214,6 +217,8 @@ class BlockGraph:
         _non_negative(options, "size")
         if options.get("latency-ns", 0) < 0:
             raise QMPError("latency-ns is invalid")
+        if round_up(options.get("size", 0)) > _MAX_LENGTH:
+            raise QMPError("Could not refresh total sector count: File too large")
         cls = NullAioNode if options["driver"] == "null-aio" else NullNode
         node = cls(self._ctx, name, options)
         self._register(node, order, opened)
@@ -233,6 +238,9 @@ class BlockGraph:
             fd = FileNode.open_fd(filename, read_only, direct)
         except OSError as exc:
             raise QMPError(f"Could not open '{filename}': {os.strerror(exc.errno or 0)}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise QMPError(f"'file' driver requires '{filename}' to be a regular file")
         node = FileNode(self._ctx, name, options, fd)
         self._register(node, order, opened)
         return node
@@ -276,6 +284,8 @@ class BlockGraph:
         self._common_checks(options)
         for key in BLKDEBUG_SIZE_OPTIONS:
             _non_negative(options, key)
+            if key != "align" and options.get(key, 0) > _INT_MAX:
+                raise QMPError(f"Parameter '{key}' expects int32_t")
         config = options.get("config")
         if config is not None:
             self._read_blkdebug_config(config)

@@ -18,7 +18,6 @@ import asyncio
 import errno as errno_mod
 import functools
 import os
-import stat
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -479,20 +478,13 @@ class FileNode(BlockNode):
     def open_fd(path: str, read_only: bool, direct: bool) -> int:
         """Open ``path`` like QEMU's file driver would.
 
-        :raise OSError: the file cannot be opened (or is a directory).
+        :raise OSError: the file cannot be opened.
         """
         flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
         if direct:
             # Only to answer like QEMU where O_DIRECT is refused; I/O stays buffered.
             os.close(os.open(path, flags | getattr(os, "O_DIRECT", 0)))
-        fd = os.open(path, flags)
-        try:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise _os_error(errno_mod.EISDIR)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return os.open(path, flags)
 
 
 class RawNode(BlockNode):
