@@ -13,7 +13,8 @@ The model (QEMU 7.2's ``blkdebug``):
   rules of the event were looked at.
 * Every request (read, write, write-zeroes, discard, flush, block-status)
   checks the active rules in configuration order: the first rule whose
-  ``iotype`` includes the request and whose ``sector`` (``-1`` = any)
+  ``iotype`` includes the request (no ``iotype``: every type but
+  block-status) and whose ``sector`` (``-1`` = any)
   lies inside the request decides. Its ``errno`` (default 5, EIO) fails the
   request; an ``errno`` of 0 or below lets it pass. A ``once`` rule is
   removed after it fired.
@@ -31,7 +32,8 @@ from typing import Any
 
 #: BlkdebugIOType values, in QAPI order.
 IO_TYPES = ("read", "write", "write-zeroes", "discard", "flush", "block-status")
-_DEFAULT_IOTYPES = frozenset({"read", "write"})
+#: Without ``iotype`` a rule applies to every request but block-status.
+_DEFAULT_IOTYPES = frozenset(IO_TYPES) - {"block-status"}
 _U64 = 1 << 64
 
 
