@@ -197,8 +197,9 @@ class BlockGraph:
     def _open(
         self, options: dict[str, Any], parent_ro: bool | None, opened: list[BlockNode]
     ) -> BlockNode:
+        options = dict(options)  # the node keeps its options; the caller's dict stays as given
         if "read-only" not in options and parent_ro is not None:
-            options = {**options, "read-only": parent_ro}
+            options["read-only"] = parent_ro
         read_only = bool(options.get("read-only", False))
         driver = options["driver"]
         if driver == "raw":
