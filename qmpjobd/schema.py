@@ -112,13 +112,25 @@ class _Walker:
 
     types: Mapping[str, Any]
 
-    def resolve(self, schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    def resolve(
+        self, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """Follow ``$ref``s: shared types by name, local ones (``#``, ``#/$defs/X``)
+        within *root*, the document the schema came from. Returns the target and
+        its document."""
+        root = root if root is not None else schema
         while "$ref" in schema:
             ref = schema["$ref"]
-            if not ref.startswith(TYPE_PREFIX):
+            if ref.startswith(TYPE_PREFIX):
+                schema = root = self.types[ref[len(TYPE_PREFIX) :]]
+            elif ref.startswith("#"):
+                target: Any = root
+                for part in ref[1:].split("/")[1:]:
+                    target = target[part.replace("~1", "/").replace("~0", "~")]
+                schema = target
+            else:
                 raise SchemaError(f"unsupported $ref {ref!r}")
-            schema = self.types[ref[len(TYPE_PREFIX) :]]
-        return schema
+        return schema, root
 
     def visit(
         self,
@@ -126,12 +138,15 @@ class _Walker:
         value: object,
         path: tuple[str | int, ...],
         name: str | None,
+        root: Mapping[str, Any] | None = None,
     ) -> None:
-        schema = self.resolve(schema)
+        schema, root = self.resolve(schema, root)
         if "anyOf" in schema:
-            self.visit_alternate(schema, value, path, name)
+            self.visit_alternate(schema, value, path, name, root)
             return
         json_type = schema.get("type")
+        if json_type is None and "enum" in schema:
+            json_type = "string"  # QAPI enums are strings
         if json_type is not None and not _type_ok(value, json_type):
             raise QMPError(
                 f"Invalid parameter type for '{_full_name(path) or 'null'}', "
@@ -159,10 +174,10 @@ class _Walker:
             assert isinstance(value, list)
             items = schema.get("items", {})
             for index, item in enumerate(value):
-                self.visit(items, item, (*path, index), None)
+                self.visit(items, item, (*path, index), None, root)
         elif json_type == "object" and ("properties" in schema or "x-union" in schema):
             assert isinstance(value, dict)
-            self.visit_members(schema, value, path)
+            self.visit_members(schema, value, path, root)
 
     def visit_alternate(
         self,
@@ -170,29 +185,36 @@ class _Walker:
         value: object,
         path: tuple[str | int, ...],
         name: str | None,
+        root: Mapping[str, Any],
     ) -> None:
         # QEMU picks an alternate's branch by the JSON type of the value alone.
         for branch in schema["anyOf"]:
-            resolved = self.resolve(branch)
-            if _type_ok(value, resolved.get("type", "")):
-                self.visit(resolved, value, path, name)
+            resolved, branch_root = self.resolve(branch, root)
+            branch_type = resolved.get("type", "string" if "enum" in resolved else "")
+            if _type_ok(value, branch_type):
+                self.visit(resolved, value, path, name, branch_root)
                 return
         raise QMPError(
             f"Invalid parameter type for '{_full_name(path)}', "
-            f"expected: {schema.get('title', 'value')}"
+            f"expected: {schema.get('x-qapi-type', 'value')}"
         )
 
     def visit_members(
-        self, schema: Mapping[str, Any], value: dict[str, Any], path: tuple[str | int, ...]
+        self,
+        schema: Mapping[str, Any],
+        value: dict[str, Any],
+        path: tuple[str | int, ...],
+        root: Mapping[str, Any],
     ) -> None:
         known: set[str] = set()
-        self.visit_properties(schema, value, path, known)
+        self.visit_properties(schema, value, path, known, root)
         union = schema.get("x-union")
         if union is not None:
             tag = value.get(union["discriminator"])
-            variant = union["variants"].get(tag)
+            variant = union["variants"].get(tag) if isinstance(tag, str) else None
             if variant is not None:
-                self.visit_properties(self.resolve(variant), value, path, known)
+                variant, variant_root = self.resolve(variant, root)
+                self.visit_properties(variant, value, path, known, variant_root)
         if schema.get("additionalProperties", True) is False:
             extra = [key for key in value if key not in known]
             if extra:
@@ -205,6 +227,7 @@ class _Walker:
         value: dict[str, Any],
         path: tuple[str | int, ...],
         known: set[str],
+        root: Mapping[str, Any],
     ) -> None:
         required = schema.get("required", ())
         for member, subschema in schema.get("properties", {}).items():
@@ -213,7 +236,7 @@ class _Walker:
                 if member in required:
                     raise QMPError(f"Parameter '{_full_name(path, member)}' is missing")
                 continue
-            self.visit(subschema, value[member], (*path, member), member)
+            self.visit(subschema, value[member], (*path, member), member, root)
 
 
 @dataclass
@@ -414,27 +437,30 @@ class _Introspector:
         self.entities.append(entity)
         return name
 
-    def type_name(self, schema: Mapping[str, Any]) -> str:
-        if "$ref" in schema:
-            schema = self.schemas._walker.resolve(schema)
+    def type_name(
+        self, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
+    ) -> str:
+        """The SchemaInfo name of *schema* (a document, or a part of *root*)."""
+        schema, root = self.schemas._walker.resolve(schema, root)
         if "anyOf" in schema:
-            return self._alternate(schema)
+            return self._alternate(schema, root)
         json_type = schema.get("type")
-        if json_type is None:
+        is_enum = "enum" in schema or "const" in schema
+        if json_type is None and not is_enum:
             return self._builtin("any", "value")
-        if json_type in _BUILTINS and "enum" not in schema and "const" not in schema:
+        if json_type in _BUILTINS and not is_enum:
             return self._builtin(_BUILTINS[json_type], json_type.replace("integer", "int"))
         key = self._key(schema)
         if key in self.names:
             return self.names[key]
-        if "enum" in schema or "const" in schema:
+        if is_enum:
             values = list(schema.get("enum", [schema.get("const")]))
             return self._new(
                 key,
                 {"members": [{"name": v} for v in values], "meta-type": "enum", "values": values},
             )
         if json_type == "array":
-            element = self.type_name(schema.get("items", {}))
+            element = self.type_name(schema.get("items", {}), root)
             name = f"[{element}]"
             if name in {e["name"] for e in self.entities}:
                 self.names[key] = name
@@ -443,37 +469,38 @@ class _Introspector:
         # An object: reserve its number before its members take theirs.
         entity: dict[str, Any] = {"members": [], "meta-type": "object"}
         name = self._new(key, entity)
-        entity["members"] = self._members(schema)
+        entity["members"] = self._members(schema, root)
         union = schema.get("x-union")
         if union is not None:
             entity["tag"] = union["discriminator"]
             entity["variants"] = [
-                {"case": tag, "type": self._variant(variant)}
+                {"case": tag, "type": self._variant(variant, root)}
                 for tag, variant in union["variants"].items()
             ]
         return name
 
-    def _members(self, schema: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _members(self, schema: Mapping[str, Any], root: Mapping[str, Any]) -> list[dict[str, Any]]:
         required = set(schema.get("required", ()))
         members = []
         for member, subschema in schema.get("properties", {}).items():
             entry: dict[str, Any] = {"name": member}
             if member not in required:
                 entry["default"] = None
-            entry["type"] = self.type_name(subschema)
+            entry["type"] = self.type_name(subschema, root)
             members.append(entry)
         return members
 
-    def _variant(self, variant: Mapping[str, Any]) -> str:
-        return self.type_name({"type": "object", **self.schemas._walker.resolve(variant)})
+    def _variant(self, variant: Mapping[str, Any], root: Mapping[str, Any]) -> str:
+        resolved, variant_root = self.schemas._walker.resolve(variant, root)
+        return self.type_name({"type": "object", **resolved}, variant_root)
 
-    def _alternate(self, schema: Mapping[str, Any]) -> str:
+    def _alternate(self, schema: Mapping[str, Any], root: Mapping[str, Any]) -> str:
         key = self._key(schema)
         if key in self.names:
             return self.names[key]
         entity: dict[str, Any] = {"members": [], "meta-type": "alternate"}
         name = self._new(key, entity)
-        entity["members"] = [{"type": self.type_name(branch)} for branch in schema["anyOf"]]
+        entity["members"] = [{"type": self.type_name(branch, root)} for branch in schema["anyOf"]]
         return name
 
     def _builtin(self, name: str, json_type: str) -> str:

@@ -1,0 +1,106 @@
+"""Job commands: the ``job-*`` and ``block-job-*`` verbs and the two queries.
+
+Thin handlers: find the job the way the command family finds it (``job-*``
+by ``id`` with GenericError "Job not found"; ``block-job-*`` by ``device``,
+or ``id`` for finalize and dismiss, with DeviceNotActive), then call the
+engine, which checks the verb table and raises QEMU's errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..jobs import BlockJobInfo, JobInfo, JobManager
+from . import Handler, SessionControl
+
+
+def _wire(record: JobInfo | BlockJobInfo) -> dict[str, Any]:
+    """A query record as QMP members, in 7.2's order; ``error`` only when set."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name == "error" and value is None:
+            continue
+        out[f.name.replace("_", "-")] = value
+    return out
+
+
+def job_commands(jobs: JobManager) -> list[tuple[str, Handler]]:
+    def query_jobs(session: SessionControl, args: dict[str, Any]) -> Any:
+        return [_wire(info) for info in jobs.query_jobs()]
+
+    def query_block_jobs(session: SessionControl, args: dict[str, Any]) -> Any:
+        return [_wire(info) for info in jobs.query_block_jobs()]
+
+    def job_pause(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.pause(jobs.find(args["id"]))
+        return {}
+
+    def job_resume(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.resume(jobs.find(args["id"]))
+        return {}
+
+    def job_cancel(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.cancel(jobs.find(args["id"]), force=True)
+        return {}
+
+    def job_complete(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.complete(jobs.find(args["id"]))
+        return {}
+
+    def job_finalize(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.finalize(jobs.find(args["id"]))
+        return {}
+
+    def job_dismiss(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.dismiss(jobs.find(args["id"]))
+        return {}
+
+    def block_job_set_speed(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.set_speed(jobs.find_block_job(args["device"]), args["speed"])
+        return {}
+
+    def block_job_cancel(session: SessionControl, args: dict[str, Any]) -> Any:
+        device = args["device"]
+        jobs.block_job_cancel(jobs.find_block_job(device), device, args.get("force", False))
+        return {}
+
+    def block_job_pause(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.pause(jobs.find_block_job(args["device"]))
+        return {}
+
+    def block_job_resume(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.resume(jobs.find_block_job(args["device"]))
+        return {}
+
+    def block_job_complete(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.complete(jobs.find_block_job(args["device"]))
+        return {}
+
+    def block_job_finalize(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.finalize(jobs.find_block_job(args["id"]))
+        return {}
+
+    def block_job_dismiss(session: SessionControl, args: dict[str, Any]) -> Any:
+        jobs.dismiss(jobs.find_block_job(args["id"]))
+        return {}
+
+    # Registration order follows QEMU's, so query-commands lists them alike.
+    return [
+        ("query-block-jobs", query_block_jobs),
+        ("block-job-set-speed", block_job_set_speed),
+        ("block-job-cancel", block_job_cancel),
+        ("block-job-pause", block_job_pause),
+        ("block-job-resume", block_job_resume),
+        ("block-job-complete", block_job_complete),
+        ("block-job-dismiss", block_job_dismiss),
+        ("block-job-finalize", block_job_finalize),
+        ("job-pause", job_pause),
+        ("job-resume", job_resume),
+        ("job-cancel", job_cancel),
+        ("job-complete", job_complete),
+        ("job-dismiss", job_dismiss),
+        ("job-finalize", job_finalize),
+        ("query-jobs", query_jobs),
+    ]
