@@ -102,7 +102,7 @@ async def test_c_mirror_ready_then_complete(h: Harness) -> None:
 
 
 async def test_c_ready_event_data(h: Harness) -> None:
-    job, drv = await h.running_job("m1", mirror(), speed=4096)
+    _job, drv = await h.running_job("m1", mirror(), speed=4096)
     await drv.step(("total", 8), ("progress", 3), "ready")
     ready = h.rec.events[-1]
     assert list(ready.data.items()) == [
@@ -152,7 +152,7 @@ async def test_c_complete_in_standby_waits_for_resume(h: Harness) -> None:
 
 async def test_stream_like_job_without_ready(h: Harness) -> None:
     drv = ScriptedDriver(JobType.STREAM)
-    job, drv = await h.running_job("s1", drv)
+    _job, drv = await h.running_job("s1", drv)
     await drv.step("succeed")
     assert h.rec.seq() == [
         "s1:created",
@@ -214,7 +214,9 @@ async def test_d_cancel_user_paused_resumes_first(h: Harness) -> None:
     assert h.mgr.query_jobs() == [JobInfo(0, "concluded", 0, "backup", "j1", "Operation canceled")]
     info = h.mgr.query_block_jobs()[0]
     assert info.error == "Operation canceled" and info.status == "concluded"
-    with pytest.raises(QMPError, match="^Job 'j1' in state 'concluded' cannot accept command verb 'cancel'$"):
+    with pytest.raises(
+        QMPError, match=r"^Job 'j1' in state 'concluded' cannot accept command verb 'cancel'$"
+    ):
         h.mgr.cancel(job)
     h.mgr.dismiss(job)
     assert h.rec.take() == ["j1:null"]
@@ -262,7 +264,7 @@ async def test_e_soft_cancel_then_complete_refused(h: Harness) -> None:
     job, drv = await h.running_job("m1", mirror())
     await drv.step("ready")
     h.mgr.block_job_cancel(job, "m1", force=False)
-    with pytest.raises(QMPError, match="^The active block job 'm1' cannot be completed$"):
+    with pytest.raises(QMPError, match=r"^The active block job 'm1' cannot be completed$"):
         h.mgr.complete(job)
 
 
@@ -285,7 +287,7 @@ async def test_e_cancel_in_standby(h: Harness) -> None:
     h.mgr.pause(job)
     await drv.step("tick")
     h.rec.take()
-    with pytest.raises(QMPError, match="^The block job for device 'm6' is currently paused$"):
+    with pytest.raises(QMPError, match=r"^The block job for device 'm6' is currently paused$"):
         h.mgr.block_job_cancel(job, "m6", force=False)
     v = drv.mark()
     h.mgr.cancel(job)
@@ -327,8 +329,13 @@ async def test_f_stop(h: Harness, code: int, iostatus: str) -> None:
     await drv.step(("ioerr", "write", "stop", code))
     assert h.rec.take() == ["ERROR(j1,write,stop)", "j1:paused"]
     info = h.mgr.query_block_jobs()[0]
-    assert (info.io_status, info.paused, info.status, info.busy) == (iostatus, True, "paused", False)
-    with pytest.raises(QMPError, match="^Job is already paused$"):
+    assert (info.io_status, info.paused, info.status, info.busy) == (
+        iostatus,
+        True,
+        "paused",
+        False,
+    )
+    with pytest.raises(QMPError, match=r"^Job is already paused$"):
         h.mgr.pause(job)
     with pytest.raises(QMPError, match="currently paused"):
         h.mgr.block_job_cancel(job, "j1", force=False)
@@ -342,7 +349,7 @@ async def test_f_stop(h: Harness, code: int, iostatus: str) -> None:
 
 
 async def test_f_stop_in_ready_gives_standby(h: Harness) -> None:
-    job, drv = await h.running_job("m1", mirror())
+    _job, drv = await h.running_job("m1", mirror())
     await drv.step("ready")
     h.rec.take()
     await drv.step(("ioerr", "write", "stop", errno.EIO))
@@ -482,7 +489,7 @@ async def test_g_grouped_one_manual_finalize(h: Harness) -> None:
     txn = Transaction(grouped=True)
     da, db = ScriptedDriver(), ScriptedDriver()
     ja, _ = await h.running_job("ja", da, txn=txn)
-    jb, _ = await h.running_job("jb", db, txn=txn, auto_finalize=False, auto_dismiss=False)
+    _jb, _ = await h.running_job("jb", db, txn=txn, auto_finalize=False, auto_dismiss=False)
     h.rec.take()
     await db.step("succeed")
     await da.step("succeed")
@@ -522,7 +529,14 @@ async def test_g_cancel_pending_aborts_txn(h: Harness) -> None:
     da, db = await grouped_pair(h, auto_finalize=False)
     await da.step("succeed")
     await db.step("succeed")
-    assert h.rec.take() == ["ja:waiting", "jb:waiting", "jb:pending", "PENDING(jb)", "ja:pending", "PENDING(ja)"]
+    assert h.rec.take() == [
+        "ja:waiting",
+        "jb:waiting",
+        "jb:pending",
+        "PENDING(jb)",
+        "ja:pending",
+        "PENDING(ja)",
+    ]
     h.mgr.cancel(h.mgr.find("ja"))
     assert h.rec.take() == [
         "jb:aborting",
@@ -559,7 +573,7 @@ async def test_individual_mode_jobs_are_independent(h: Harness) -> None:
 
 
 async def test_prepare_failure_single(h: Harness) -> None:
-    job, drv = await h.running_job("m1", mirror(prepare_error="Could not pivot"))
+    _job, drv = await h.running_job("m1", mirror(prepare_error="Could not pivot"))
     h.rec.take()
     await drv.step("succeed")
     assert h.rec.seq() == [
@@ -578,7 +592,7 @@ async def test_prepare_failure_grouped_manual_finalize(h: Harness) -> None:
     da = ScriptedDriver()
     db = ScriptedDriver(prepare_error="Could not pivot")
     ja, _ = await h.running_job("ja", da, txn=txn, auto_finalize=False, auto_dismiss=False)
-    jb, _ = await h.running_job("jb", db, txn=txn, auto_finalize=False, auto_dismiss=False)
+    _jb, _ = await h.running_job("jb", db, txn=txn, auto_finalize=False, auto_dismiss=False)
     await da.step("succeed")
     await db.step("succeed")
     h.rec.take()
@@ -617,7 +631,7 @@ async def test_h_cancel_created_job(h: Harness) -> None:
 
 async def test_h_grouped_created_jobs_cancelled(h: Harness) -> None:
     txn = Transaction(grouped=True)
-    ja, _ = h.job("ja", start=False, txn=txn)
+    _ja, _ = h.job("ja", start=False, txn=txn)
     jb, _ = h.job("jb", start=False, txn=txn)
     h.rec.take()
     h.mgr.cancel(jb)
@@ -635,7 +649,7 @@ async def test_h_grouped_created_jobs_cancelled(h: Harness) -> None:
 async def test_h_grouped_created_jobs_cancel_older_first(h: Harness) -> None:
     txn = Transaction(grouped=True)
     ja, _ = h.job("ja", start=False, txn=txn)
-    jb, _ = h.job("jb", start=False, txn=txn)
+    _jb, _ = h.job("jb", start=False, txn=txn)
     h.rec.take()
     h.mgr.cancel(ja)
     assert h.rec.take() == [
@@ -654,7 +668,13 @@ async def test_h_grouped_created_jobs_cancel_older_first(h: Harness) -> None:
 async def test_i_create_job_success(h: Harness) -> None:
     job, drv = await h.running_job("cr1", ScriptedDriver(JobType.CREATE), auto_dismiss=False)
     await drv.step(("total", 1), ("progress", 1), "succeed")
-    assert h.rec.take() == ["cr1:created", "cr1:running", "cr1:waiting", "cr1:pending", "cr1:concluded"]
+    assert h.rec.take() == [
+        "cr1:created",
+        "cr1:running",
+        "cr1:waiting",
+        "cr1:pending",
+        "cr1:concluded",
+    ]
     assert h.mgr.query_jobs() == [JobInfo(1, "concluded", 1, "create", "cr1")]
     assert h.mgr.query_block_jobs() == []
     with pytest.raises(QMPError) as exc:
@@ -668,7 +688,7 @@ async def test_i_create_job_success(h: Harness) -> None:
 
 
 async def test_i_create_job_failure(h: Harness) -> None:
-    job, drv = await h.running_job("cr1", ScriptedDriver(JobType.CREATE), auto_dismiss=False)
+    _job, drv = await h.running_job("cr1", ScriptedDriver(JobType.CREATE), auto_dismiss=False)
     await drv.step(("fail", "Could not create 'x': No such file or directory"))
     assert h.rec.take() == ["cr1:created", "cr1:running", "cr1:aborting", "cr1:concluded"]
     assert h.mgr.query_jobs()[0].error == "Could not create 'x': No such file or directory"
@@ -679,7 +699,7 @@ async def test_i_create_job_failure(h: Harness) -> None:
 
 async def test_j_creation_events_are_synchronous(h: Harness) -> None:
     async with h.mgr.drained():
-        job, _ = h.job("j1")
+        _job, _ = h.job("j1")
         assert h.rec.seq() == ["j1:created", "j1:running", "j1:paused"]
     assert h.rec.seq() == CREATED_BLIP  # before anything else runs
 
@@ -771,7 +791,7 @@ async def test_sleep_woken_by_faster_speed_only(h: Harness) -> None:
 
 
 async def test_sleep_timer_expires(h: Harness) -> None:
-    job, drv = await h.running_job("j1")
+    _job, drv = await h.running_job("j1")
     v = drv.mark()
     drv.feed(("sleep", 0))
     await drv.wait_blocked(v)  # sleeping
@@ -806,11 +826,11 @@ async def test_busy_and_query_block_jobs(h: Harness) -> None:
 
 
 async def test_quit_with_jobs(h: Harness) -> None:
-    j1, d1 = await h.running_job("j1", auto_finalize=False)
+    _j1, d1 = await h.running_job("j1", auto_finalize=False)
     await d1.step("succeed")
-    j2, d2 = await h.running_job("j2", auto_dismiss=False)
+    _j2, d2 = await h.running_job("j2", auto_dismiss=False)
     await d2.step("succeed")
-    j3, d3 = await h.running_job("j3")
+    _j3, d3 = await h.running_job("j3")
     h.rec.take()
     task = asyncio.create_task(h.mgr.cancel_all())
     await d3.step("tick")  # the running job reaches a pause point
@@ -839,7 +859,7 @@ async def test_quit_with_paused_jobs_terminates(h: Harness) -> None:
     await db.step("ready")
     h.mgr.pause(jb)
     await db.step("tick")
-    jc, _ = h.job("jc", start=False)
+    _jc, _ = h.job("jc", start=False)
     h.rec.take()
     await h.mgr.cancel_all()
     assert h.rec.seq() == [

@@ -314,9 +314,7 @@ class Job:
     def _park(self) -> None:
         """Enter the parked state synchronously (the job's side of a pause)."""
         self._parked_from = self.status
-        set_status(
-            self, JobStatus.STANDBY if self.status is JobStatus.READY else JobStatus.PAUSED
-        )
+        set_status(self, JobStatus.STANDBY if self.status is JobStatus.READY else JobStatus.PAUSED)
         self._parked = True
         self._prepare_wait(None)
 

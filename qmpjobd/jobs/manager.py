@@ -203,9 +203,7 @@ class JobManager:
             raise QMPError(f"Job ID '{job_id}' already in use")
         if txn is None or not txn.grouped:
             txn = Transaction(grouped=False)
-        job = Job(
-            job_id, driver, self, txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss
-        )
+        job = Job(job_id, driver, self, txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
         txn.jobs.insert(0, job)
         self._jobs.insert(0, job)
         set_status(job, JobStatus.CREATED)
