@@ -53,6 +53,8 @@ class ScriptedDriver(JobDriver):
         self._waiter: asyncio.Future[None] | None = None
         self._changed: list[asyncio.Future[None]] = []
         self.job: Job | None = None
+        #: called on every driver state change (e.g. to wake a settle loop)
+        self.listener: Callable[[], None] | None = None
 
     # --- state signalling -------------------------------------------------
 
@@ -63,6 +65,16 @@ class ScriptedDriver(JobDriver):
         for fut in changed:
             if not fut.done():
                 fut.set_result(None)
+        if self.listener is not None:
+            self.listener()
+
+    def settled(self) -> bool:
+        """Steady: the job's run is over, it is parked/sleeping, or it waits
+        for a step and none is queued."""
+        job = self.job
+        if job is None or job.completed or not job.busy:
+            return True
+        return self.state == "want" and not self._steps
 
     def mark(self) -> int:
         return self.version
@@ -122,7 +134,8 @@ class ScriptedDriver(JobDriver):
                     case ("more", int(n)):
                         job.progress_increase_remaining(n)
                     case "ready":
-                        job.transition_to_ready()
+                        if not job.ready:
+                            job.transition_to_ready()
                     case "succeed":
                         return
                     case ("fail", str(text)):
