@@ -452,7 +452,7 @@ async def test_g_grouped_failure_wakes_parked_head(h: Harness) -> None:
     v = db.mark()
     await da.step("eio")
     await db.wait_blocked(v)
-    # the user pause is not dropped by a txn abort; the head is entered anyway
+    # the txn abort force-cancels the parked head, dropping its user pause
     assert h.rec.take() == [
         "ja:aborting",
         "jb:running",

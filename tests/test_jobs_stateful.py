@@ -80,6 +80,11 @@ class JobMachine(RuleBasedStateMachine):
         self.run(mgr._wait_for(steady))
         for m in self.models:
             m.gone = m.job.status is JobStatus.NULL
+            job = m.job
+            if m.user_paused and job.txn.aborting and job.cancelled and not job.user_paused:
+                # an aborting transaction force-cancels its members, which
+                # drops their user pause like a cancel verb does
+                m.user_paused = False
 
     def new_job(self, kind: str, txn: Transaction | None, af: bool, ad: bool) -> Model:
         self.counter += 1
