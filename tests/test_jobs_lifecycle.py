@@ -884,3 +884,54 @@ async def test_aclose_stops_tasks_silently(h: Harness) -> None:
     h.rec.take()
     await h.mgr.aclose()
     assert h.rec.seq() == [] and h.mgr.jobs_newest_first() == []
+
+
+async def test_g_cancel_waiting_head_finalizes_it_first(h: Harness) -> None:
+    # checked against qemu-storage-daemon 7.2: the newer member finished
+    # (WAITING, list head) and is cancelled while the older one still runs
+    da, db = await grouped_pair(h, auto_dismiss=False)
+    await db.step("succeed")
+    assert h.rec.take() == ["jb:waiting"]
+    h.mgr.cancel(h.mgr.find("jb"))
+    assert h.rec.take() == ["jb:aborting", "CANCELLED(jb)", "jb:concluded"]
+    await da.step("tick")
+    assert h.rec.take() == ["ja:aborting", "CANCELLED(ja)", "ja:concluded"]
+    assert [(i.id, i.error) for i in h.mgr.query_jobs()] == [
+        ("jb", "Operation canceled"),
+        ("ja", "Operation canceled"),
+    ]
+
+
+async def test_quit_as_recorded_from_qemu(h: Harness) -> None:
+    # j1 pending, j2 concluded, j3 running, j4 user-paused (checked against
+    # qemu-storage-daemon 7.2)
+    _, d1 = await h.running_job("j1", auto_finalize=False)
+    await d1.step("succeed")
+    _, d2 = await h.running_job("j2", auto_dismiss=False)
+    await d2.step("succeed")
+    _, d3 = await h.running_job("j3")
+    j4, d4 = await h.running_job("j4")
+    h.mgr.pause(j4)
+    await d4.step("tick")
+    h.rec.take()
+    task = asyncio.create_task(h.mgr.cancel_all())
+    await d3.step("tick")
+    await task
+    assert h.rec.seq() == [
+        "j3:paused",
+        "j4:running",
+        "j4:aborting",
+        "CANCELLED(j4)",
+        "j4:concluded",
+        "j4:null",
+        "j3:running",
+        "j3:aborting",
+        "CANCELLED(j3)",
+        "j3:concluded",
+        "j3:null",
+        "j2:null",
+        "j1:aborting",
+        "CANCELLED(j1)",
+        "j1:concluded",
+        "j1:null",
+    ]
