@@ -1,0 +1,380 @@
+"""One job: its plain-data state, its transaction, and the driver-facing coroutines.
+
+:func:`set_status` is the only code that changes ``Job.status``: it checks
+the transition table, logs, and publishes ``JOB_STATUS_CHANGE``. A
+:class:`Job` holds the state QEMU keeps per job (pause count, user pause,
+cancel flags, progress, speed, error, options); everything that belongs to
+the running asyncio task (the wake-up future, the sleep timer, busy/parked)
+sits in separate private fields, so the record itself is plain data that
+:meth:`Job.snapshot` copies out.
+
+Must not import: sockets, JSON, block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from ..events import EventBus
+from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, JobStatus, JobType
+
+if TYPE_CHECKING:
+    from .driver import JobDriver
+
+log = logging.getLogger(__name__)
+
+IoStatus = Literal["ok", "failed", "nospace"]
+IoOperation = Literal["read", "write"]
+ErrorAction = Literal["ignore", "report", "stop"]
+
+
+class JobStateError(AssertionError):
+    """An illegal status transition was attempted: a bug in the engine or a driver."""
+
+
+class JobHost(Protocol):
+    """What a job needs from the engine that owns it."""
+
+    @property
+    def bus(self) -> EventBus: ...
+
+    def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None: ...
+
+    def _job_activity(self) -> None: ...
+
+
+class Transaction:
+    """A set of jobs that complete together.
+
+    ``jobs`` lists the members newest first. A job started alone gets a
+    transaction of its own. Only a *grouped* transaction is shared: the job
+    manager gives each job created with a non-grouped transaction a fresh
+    one-member transaction (QEMU's "individual" completion mode).
+    """
+
+    __slots__ = ("_abort_in_progress", "aborting", "grouped", "jobs")
+
+    def __init__(self, grouped: bool = True) -> None:
+        self.grouped = grouped
+        self.jobs: list[Job] = []
+        self.aborting = False
+        self._abort_in_progress = False
+
+    def __repr__(self) -> str:
+        ids = [j.id for j in self.jobs]
+        return f"Transaction(grouped={self.grouped}, jobs={ids}, aborting={self.aborting})"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A plain-data copy of a job (e.g. for a ledger of concluded jobs)."""
+
+    id: str
+    type: JobType
+    status: JobStatus
+    current_progress: int
+    total_progress: int
+    speed: int
+    error: str | None
+    auto_finalize: bool
+    auto_dismiss: bool
+    io_status: IoStatus
+    pause_count: int
+    user_paused: bool
+    cancelled: bool
+    force_cancel: bool
+    started: bool
+
+
+def set_status(job: Job, new: JobStatus) -> None:
+    """Move ``job`` to ``new``: the one function that changes a job's status.
+
+    :raise JobStateError: when the table has no such edge (a bug).
+    """
+    old = job.status
+    if new not in TRANSITIONS[old]:
+        raise JobStateError(f"job {job.id!r}: illegal transition {old.value} -> {new.value}")
+    job.status = new
+    log.debug("job %r: %s -> %s", job.id, old.value, new.value)
+    if new is not old:
+        job._host.bus.publish("JOB_STATUS_CHANGE", {"status": new.value, "id": job.id})
+    job._host._job_status_changed(job, old, new)
+
+
+class Job:
+    """A job: plain state plus the hooks into its running task.
+
+    Created only by :class:`~qmpjobd.jobs.manager.JobManager`.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        driver: JobDriver,
+        host: JobHost,
+        txn: Transaction,
+        *,
+        auto_finalize: bool,
+        auto_dismiss: bool,
+    ) -> None:
+        # --- the record (plain data) ---
+        self.id = job_id
+        self.type: JobType = driver.job_type
+        self.status = JobStatus.UNDEFINED
+        self.pause_count = 1
+        self.user_paused = False
+        self.cancelled = False
+        self.force_cancel = False
+        self.should_complete = False
+        self.current_progress = 0
+        self.total_progress = 0
+        self.speed = 0
+        #: the error message once the job failed or was cancelled
+        self.error: str | None = None
+        #: 0, or a negative errno once the job failed
+        self.ret = 0
+        self.auto_finalize = auto_finalize
+        self.auto_dismiss = auto_dismiss
+        self.io_status: IoStatus = "ok"
+        self.txn = txn
+        # --- the runtime (belongs to the task, not to the record) ---
+        self.driver = driver
+        self._host = host
+        self._started = False
+        self._deferred = False  # the run has ended; completion is the engine's
+        self._busy = False
+        self._parked = False
+        self._parked_from = JobStatus.UNDEFINED
+        self._waker: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id!r} {self.type.value} {self.status.value}>"
+
+    # ----------------------------------------------------------------- views
+
+    @property
+    def is_block_job(self) -> bool:
+        return self.type in BLOCK_JOB_TYPES
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def busy(self) -> bool:
+        """The job's task is running right now (false while parked or sleeping)."""
+        return self._busy
+
+    @property
+    def paused(self) -> bool:
+        """BlockJobInfo ``paused``: a pause was requested (pause_count > 0)."""
+        return self.pause_count > 0
+
+    @property
+    def ready(self) -> bool:
+        """BlockJobInfo ``ready``: READY or STANDBY."""
+        return self.status in (JobStatus.READY, JobStatus.STANDBY)
+
+    @property
+    def completed(self) -> bool:
+        """The job's run has ended (WAITING, PENDING, ABORTING, CONCLUDED, NULL)."""
+        return self.status in COMPLETED_STATUSES
+
+    @property
+    def is_cancelled(self) -> bool:
+        """A force cancel was requested: the driver must stop at once."""
+        return self.cancelled and self.force_cancel
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Any cancel (soft or force) was requested."""
+        return self.cancelled
+
+    @property
+    def device(self) -> str:
+        """Block jobs: the ``device`` of BlockJobInfo and events (the job id)."""
+        return self.id
+
+    @property
+    def len(self) -> int:
+        """Block jobs: ``len`` (total progress)."""
+        return self.total_progress
+
+    @property
+    def offset(self) -> int:
+        """Block jobs: ``offset`` (current progress)."""
+        return self.current_progress
+
+    def snapshot(self) -> JobRecord:
+        return JobRecord(
+            id=self.id,
+            type=self.type,
+            status=self.status,
+            current_progress=self.current_progress,
+            total_progress=self.total_progress,
+            speed=self.speed,
+            error=self.error,
+            auto_finalize=self.auto_finalize,
+            auto_dismiss=self.auto_dismiss,
+            io_status=self.io_status,
+            pause_count=self.pause_count,
+            user_paused=self.user_paused,
+            cancelled=self.cancelled,
+            force_cancel=self.force_cancel,
+            started=self._started,
+        )
+
+    def block_event_data(self) -> dict[str, Any]:
+        """``device, len, offset, speed, type`` in QEMU 7.2's wire order."""
+        return {
+            "device": self.id,
+            "len": self.total_progress,
+            "offset": self.current_progress,
+            "speed": self.speed,
+            "type": self.type.value,
+        }
+
+    # -------------------------------------------------------------- progress
+
+    def progress_update(self, done: int) -> None:
+        """Count ``done`` more units of work as finished."""
+        self.current_progress += done
+
+    def progress_set_remaining(self, remaining: int) -> None:
+        """Set the total so that ``remaining`` units are left."""
+        self.total_progress = self.current_progress + remaining
+
+    def progress_increase_remaining(self, delta: int) -> None:
+        """Add ``delta`` units of work to the total."""
+        self.total_progress += delta
+
+    # ------------------------------------------------- driver-facing actions
+
+    async def pause_point(self) -> None:
+        """Park here if a pause is requested and the job is not force-cancelled.
+
+        RUNNING becomes PAUSED and READY becomes STANDBY; the job goes back
+        when the pause count returns to 0 (or a force cancel wakes it).
+        """
+        if not self._should_pause():
+            return
+        await self.driver.pause(self)
+        if self._should_pause():
+            self._park()
+            await self._wait_woken()
+        self.driver.resume(self)
+
+    async def sleep(self, seconds: float) -> None:
+        """Rate-limit sleep: not busy; woken early by pause, cancel and set-speed.
+
+        Also a pause point: a pending pause is honoured instead of sleeping.
+        """
+        if self.is_cancelled:
+            return
+        if not self._should_pause():
+            self._prepare_wait(max(0.0, seconds))
+            await self._wait_woken()
+        await self.pause_point()
+
+    def transition_to_ready(self) -> None:
+        """RUNNING -> READY, with BLOCK_JOB_READY for block jobs."""
+        set_status(self, JobStatus.READY)
+        if self.is_block_job:
+            self._host.bus.publish("BLOCK_JOB_READY", self.block_event_data())
+
+    def report_io_error(self, operation: IoOperation, action: ErrorAction, errno: int) -> None:
+        """Report a failed I/O request with the action the error policy chose.
+
+        Publishes BLOCK_JOB_ERROR. For ``stop`` the job is paused as by the
+        user (unless it already is) and io-status becomes ``failed``
+        (``nospace`` for ENOSPC) if it was ``ok``; the driver parks at its
+        next pause point and retries after resume.
+        """
+        if self.is_block_job:
+            self._host.bus.publish(
+                "BLOCK_JOB_ERROR", {"device": self.id, "operation": operation, "action": action}
+            )
+        if action == "stop":
+            if not self.user_paused:
+                self._pause()
+                self.user_paused = True
+            if self.io_status == "ok":
+                self.io_status = "nospace" if errno == _errno.ENOSPC else "failed"
+
+    # ------------------------------------------------------- engine-internal
+
+    def _should_pause(self) -> bool:
+        return self.pause_count > 0 and not self.is_cancelled
+
+    def _park(self) -> None:
+        """Enter the parked state synchronously (the job's side of a pause)."""
+        self._parked_from = self.status
+        set_status(self, JobStatus.STANDBY if self.status is JobStatus.READY else JobStatus.PAUSED)
+        self._parked = True
+        self._prepare_wait(None)
+
+    def _prepare_wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waker = loop.create_future()
+        if timeout is not None:
+            self._timer = loop.call_later(timeout, self._timer_fired)
+        self._busy = False
+        self._host._job_activity()
+
+    async def _wait_woken(self) -> None:
+        waker = self._waker
+        assert waker is not None
+        try:
+            await waker
+        finally:
+            self._waker = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._enter()
+
+    def _enter(self, when: Literal["always", "timer_pending", "no_timer"] = "always") -> None:
+        """Wake the job's task if it is parked or sleeping (QEMU's job_enter_cond).
+
+        A parked job returns to the state it parked from right here, so its
+        status change is ordered with the action that woke it.
+        """
+        if not self._started or self._deferred or self._busy:
+            return
+        if when == "timer_pending" and self._timer is None:
+            return
+        if when == "no_timer" and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._busy = True
+        if self._parked:
+            self._parked = False
+            set_status(self, self._parked_from)
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+        self._host._job_activity()
+
+    def _pause(self) -> None:
+        """An internal or user pause request (QEMU's job_pause)."""
+        self.pause_count += 1
+        if not self._parked:
+            self._enter()
+
+    def _resume(self) -> None:
+        """Drop one pause request (QEMU's job_resume)."""
+        if self.pause_count <= 0:
+            raise JobStateError(f"job {self.id!r}: resume with pause_count 0")
+        self.pause_count -= 1
+        if self.pause_count == 0:
+            # A sleeping job keeps its timer; only a parked job is kicked.
+            self._enter("no_timer")

@@ -1,0 +1,575 @@
+"""The job registry, the user verbs, and the transaction completion algorithm.
+
+:class:`JobManager` creates and starts jobs, runs each job's driver in an
+asyncio task, and, when a run ends, drives the job (and its transaction)
+through WAITING/PENDING or ABORTING to CONCLUDED and NULL exactly as QEMU 7.2
+does. Every user verb checks in QEMU's order and fails with QEMU's text as a
+:class:`~qmpjobd.errors.QMPError`.
+
+Everything runs on the event loop thread; nothing here blocks or locks.
+
+Must not import: sockets, JSON, wire, block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno as _errno
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ..clock import Clock
+from ..errors import ErrorClass, QMPError
+from ..events import EventBus
+from .driver import JobDriver, JobFailure
+from .job import IoStatus, Job, JobStateError, Transaction, set_status
+from .tables import JobStatus, JobVerb, verb_allowed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """One ``query-jobs`` entry; fields in QEMU 7.2's wire order."""
+
+    current_progress: int
+    status: str
+    total_progress: int
+    type: str
+    id: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockJobInfo:
+    """One ``query-block-jobs`` entry; fields in QEMU 7.2's wire order."""
+
+    auto_finalize: bool
+    io_status: IoStatus
+    device: str
+    auto_dismiss: bool
+    busy: bool
+    len: int
+    offset: int
+    status: str
+    paused: bool
+    speed: int
+    ready: bool
+    type: str
+    error: str | None = None
+
+
+def _id_wellformed(job_id: str) -> bool:
+    """QEMU's id_wellformed(): an ASCII letter, then letters, digits, '-', '.', '_'."""
+    if not job_id or not (job_id[0].isascii() and job_id[0].isalpha()):
+        return False
+    return all(c.isascii() and (c.isalnum() or c in "-._") for c in job_id)
+
+
+def _verb_error(job: Job, verb: JobVerb) -> QMPError:
+    return QMPError(
+        f"Job '{job.id}' in state '{job.status.value}' cannot accept command verb '{verb.value}'"
+    )
+
+
+def _has_concluded(job: Job) -> Callable[[], bool]:
+    return lambda: job.status in (JobStatus.CONCLUDED, JobStatus.NULL)
+
+
+class JobManager:
+    """The registry of jobs and the verbs that steer them.
+
+    :param bus: where job events are published.
+    :param clock: the injected clock (kept for drivers and rate limiting).
+    """
+
+    def __init__(self, bus: EventBus, clock: Clock) -> None:
+        self._bus = bus
+        self.clock = clock
+        self._jobs: list[Job] = []  # newest first
+        self._tasks: dict[Job, asyncio.Task[None]] = {}
+        self._drain_sections: list[list[Job]] = []
+        self._change: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------- JobHost protocol
+
+    @property
+    def bus(self) -> EventBus:
+        return self._bus
+
+    def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
+        if new is JobStatus.NULL:
+            with contextlib.suppress(ValueError):
+                self._jobs.remove(job)
+        self._job_activity()
+
+    def _job_activity(self) -> None:
+        change, self._change = self._change, None
+        if change is not None and not change.done():
+            change.set_result(None)
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait, without polling, until ``predicate()`` holds after some job change."""
+        while not predicate():
+            if self._change is None:
+                self._change = asyncio.get_running_loop().create_future()
+            await self._change
+
+    # ----------------------------------------------------------------- lookup
+
+    def jobs_newest_first(self) -> list[Job]:
+        return list(self._jobs)
+
+    def get(self, job_id: str) -> Job | None:
+        for job in self._jobs:
+            if job.id == job_id:
+                return job
+        return None
+
+    def find(self, job_id: str) -> Job:
+        """:raise QMPError: GenericError "Job not found"."""
+        job = self.get(job_id)
+        if job is None:
+            raise QMPError("Job not found")
+        return job
+
+    def find_block_job(self, device: str) -> Job:
+        """:raise QMPError: DeviceNotActive "Block job '%s' not found"."""
+        job = self.get(device)
+        if job is None or not job.is_block_job:
+            raise QMPError(f"Block job '{device}' not found", ErrorClass.DEVICE_NOT_ACTIVE)
+        return job
+
+    def query_jobs(self) -> list[JobInfo]:
+        return [
+            JobInfo(
+                current_progress=job.current_progress,
+                status=job.status.value,
+                total_progress=job.total_progress,
+                type=job.type.value,
+                id=job.id,
+                error=job.error,
+            )
+            for job in self._jobs
+        ]
+
+    def query_block_jobs(self) -> list[BlockJobInfo]:
+        return [
+            BlockJobInfo(
+                auto_finalize=job.auto_finalize,
+                io_status=job.io_status,
+                device=job.id,
+                auto_dismiss=job.auto_dismiss,
+                busy=job.busy,
+                len=job.total_progress,
+                offset=job.current_progress,
+                status=job.status.value,
+                paused=job.paused,
+                speed=job.speed,
+                ready=job.ready,
+                type=job.type.value,
+                error=job.error if job.ret != 0 else None,
+            )
+            for job in self._jobs
+            if job.is_block_job
+        ]
+
+    # -------------------------------------------------------- create / start
+
+    def create(
+        self,
+        job_id: str,
+        driver: JobDriver,
+        *,
+        txn: Transaction | None = None,
+        speed: int = 0,
+        auto_finalize: bool = True,
+        auto_dismiss: bool = True,
+    ) -> Job:
+        """Create a job in CREATED (publishes ``created``).
+
+        A grouped ``txn`` is shared; any other job gets a transaction of its own.
+
+        :raise QMPError: "Invalid job ID '%s'", "Job ID '%s' already in use",
+            or the set-speed errors for a negative ``speed`` (the job then
+            goes CREATED -> NULL first).
+        """
+        if not _id_wellformed(job_id):
+            raise QMPError(f"Invalid job ID '{job_id}'")
+        if self.get(job_id) is not None:
+            raise QMPError(f"Job ID '{job_id}' already in use")
+        if txn is None or not txn.grouped:
+            txn = Transaction(grouped=False)
+        job = Job(job_id, driver, self, txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
+        txn.jobs.insert(0, job)
+        self._jobs.insert(0, job)
+        set_status(job, JobStatus.CREATED)
+        # A job created inside a drained section is paused by it too.
+        for section in self._drain_sections:
+            section.append(job)
+            job.pause_count += 1
+        try:
+            self.set_speed(job, speed)
+        except QMPError:
+            self._early_fail(job)
+            raise
+        return job
+
+    def _early_fail(self, job: Job) -> None:
+        with contextlib.suppress(ValueError):
+            job.txn.jobs.remove(job)
+        set_status(job, JobStatus.NULL)
+
+    def start(self, job: Job) -> None:
+        """Start a CREATED job: publishes ``running`` and schedules its run.
+
+        Like QEMU's synchronous coroutine entry, a job started while a pause
+        is requested (e.g. inside a drained section) parks at its first pause
+        point right here, so ``paused`` follows ``running`` at once.
+        """
+        if job._started or job.status is not JobStatus.CREATED:
+            raise JobStateError(f"job {job.id!r} cannot be started in {job.status.value}")
+        job._started = True
+        job.pause_count -= 1
+        job._busy = True
+        set_status(job, JobStatus.RUNNING)
+        if job._should_pause():
+            job._park()
+        task = asyncio.get_running_loop().create_task(self._run_job(job), name=f"job-{job.id}")
+        self._tasks[job] = task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        for job, t in list(self._tasks.items()):
+            if t is task:
+                del self._tasks[job]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task failed", exc_info=task.exception())
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            if job._waker is not None:  # parked at start
+                await job._wait_woken()
+                job.driver.resume(job)
+            await job.pause_point()
+            await job.driver.run(job)
+        except JobFailure as exc:
+            job.ret = -exc.errno
+            job.error = exc.message
+        except OSError as exc:
+            code = exc.errno or _errno.EIO
+            job.ret = -code
+            job.error = exc.strerror or os.strerror(code)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job %r: driver failed unexpectedly", job.id)
+            job.ret = -_errno.EIO
+            job.error = f"Internal error: {type(exc).__name__}"
+        job._deferred = True
+        job._busy = False
+        self._job_completed(job)
+
+    # -------------------------------------------------- completion algorithm
+
+    def _update_rc(self, job: Job) -> None:
+        if job.ret == 0 and job.is_cancelled:
+            job.ret = -_errno.ECANCELED
+        if job.ret != 0:
+            if job.error is None:
+                job.error = os.strerror(-job.ret)
+            set_status(job, JobStatus.ABORTING)
+
+    def _job_completed(self, job: Job) -> None:
+        """The job's run has ended (or it was cancelled before it started)."""
+        self._update_rc(job)
+        if job.ret != 0:
+            if job.txn.aborting:
+                self._txn_abort_continue(job.txn)
+            else:
+                self._txn_abort(job)
+        else:
+            self._txn_success(job)
+
+    def _txn_success(self, job: Job) -> None:
+        set_status(job, JobStatus.WAITING)
+        txn = job.txn
+        if not all(member.completed for member in txn.jobs):
+            return
+        for member in list(txn.jobs):
+            set_status(member, JobStatus.PENDING)
+            if not member.auto_finalize and member.is_block_job:
+                self._bus.publish("BLOCK_JOB_PENDING", {"type": member.type.value, "id": member.id})
+        if all(member.auto_finalize for member in txn.jobs):
+            self._do_finalize(job)
+
+    def _prepare(self, job: Job) -> int:
+        if job.ret == 0:
+            try:
+                job.driver.prepare(job)
+            except JobFailure as exc:
+                job.ret = -exc.errno
+                job.error = exc.message
+            except OSError as exc:
+                code = exc.errno or _errno.EIO
+                job.ret = -code
+                job.error = exc.strerror or os.strerror(code)
+            self._update_rc(job)
+        return job.ret
+
+    def _do_finalize(self, job: Job) -> None:
+        txn = job.txn
+        for member in list(txn.jobs):
+            if self._prepare(member) != 0:
+                # The member whose prepare failed is the one reported as
+                # failed; every other member is aborted as cancelled.
+                self._txn_abort(member)
+                return
+        for member in list(txn.jobs):
+            self._finalize_single(member)
+
+    def _finalize_single(self, job: Job) -> None:
+        self._update_rc(job)
+        driver = job.driver
+        try:
+            if job.ret == 0:
+                driver.commit(job)
+            else:
+                driver.abort(job)
+            driver.clean(job)
+        except Exception:
+            log.exception("job %r: finalization hook failed", job.id)
+        if job._started and job.is_block_job:
+            if job.is_cancelled:
+                self._bus.publish("BLOCK_JOB_CANCELLED", job.block_event_data())
+            else:
+                data = job.block_event_data()
+                if job.ret != 0 and job.error is not None:
+                    data["error"] = job.error
+                self._bus.publish("BLOCK_JOB_COMPLETED", data)
+        with contextlib.suppress(ValueError):
+            job.txn.jobs.remove(job)
+        set_status(job, JobStatus.CONCLUDED)
+        if job.auto_dismiss or not job._started:
+            self._do_dismiss(job)
+
+    def _do_dismiss(self, job: Job) -> None:
+        job._busy = False
+        with contextlib.suppress(ValueError):
+            job.txn.jobs.remove(job)
+        set_status(job, JobStatus.NULL)
+
+    def _txn_abort(self, job: Job) -> None:
+        """``job`` failed (or was force-cancelled after its run): abort its txn."""
+        txn = job.txn
+        if txn.aborting:
+            return
+        txn.aborting = True
+        for other in list(txn.jobs):
+            if other is not job:
+                self._cancel_async(other, True)
+        self._txn_abort_continue(txn)
+
+    def _txn_abort_continue(self, txn: Transaction) -> None:
+        """Finalize members from the head of the list while their runs are over.
+
+        A member still running is woken and waited for: its own completion
+        calls this again. A member that never started is completed here.
+        """
+        if txn._abort_in_progress:
+            return
+        txn._abort_in_progress = True
+        try:
+            while txn.jobs:
+                head = txn.jobs[0]
+                if not head.completed:
+                    if not head._started:
+                        # QEMU 7.2 would wait forever here (section 8 of the
+                        # reference); a job that never ran is over at once.
+                        head.cancelled = head.force_cancel = True
+                        self._update_rc(head)
+                        continue
+                    head._enter()
+                    return
+                self._finalize_single(head)
+        finally:
+            txn._abort_in_progress = False
+
+    # ------------------------------------------------------------ user verbs
+
+    @staticmethod
+    def _apply_verb(job: Job, verb: JobVerb) -> None:
+        if not verb_allowed(verb, job.status):
+            raise _verb_error(job, verb)
+
+    def pause(self, job: Job) -> None:
+        """job-pause / block-job-pause.
+
+        :raise QMPError: the verb error, or "Job is already paused".
+        """
+        self._apply_verb(job, JobVerb.PAUSE)
+        if job.user_paused:
+            raise QMPError("Job is already paused")
+        job.user_paused = True
+        job._pause()
+
+    def resume(self, job: Job) -> None:
+        """job-resume / block-job-resume.
+
+        :raise QMPError: "Can't resume a job that was not paused" (checked
+            before the verb table), or the verb error.
+        """
+        if not job.user_paused or job.pause_count <= 0:
+            raise QMPError("Can't resume a job that was not paused")
+        self._apply_verb(job, JobVerb.RESUME)
+        job.driver.user_resume(job)
+        job.user_paused = False
+        job._resume()
+
+    def cancel(self, job: Job, force: bool = True) -> None:
+        """job-cancel (always force=True).
+
+        :raise QMPError: the verb error.
+        """
+        self._apply_verb(job, JobVerb.CANCEL)
+        self._cancel(job, force)
+
+    def block_job_cancel(self, job: Job, device_text: str, force: bool = False) -> None:
+        """block-job-cancel: refuses a soft cancel of a user-paused job first.
+
+        :raise QMPError: "The block job for device '%s' is currently paused",
+            or the verb error.
+        """
+        if job.user_paused and not force:
+            raise QMPError(f"The block job for device '{device_text}' is currently paused")
+        self.cancel(job, force)
+
+    def complete(self, job: Job) -> None:
+        """job-complete / block-job-complete.
+
+        :raise QMPError: the verb error, "The active block job '%s' cannot be
+            completed", or whatever the driver's complete hook raises.
+        """
+        self._apply_verb(job, JobVerb.COMPLETE)
+        hook = job.driver.complete
+        if job.cancelled or hook is None:
+            raise QMPError(f"The active block job '{job.id}' cannot be completed")
+        hook(job)
+        job.should_complete = True
+        if not job._parked:
+            job._enter()
+
+    def finalize(self, job: Job) -> None:
+        """job-finalize / block-job-finalize: finalizes the whole transaction.
+
+        :raise QMPError: the verb error.
+        """
+        self._apply_verb(job, JobVerb.FINALIZE)
+        self._do_finalize(job)
+
+    def dismiss(self, job: Job) -> None:
+        """job-dismiss / block-job-dismiss.
+
+        :raise QMPError: the verb error.
+        """
+        self._apply_verb(job, JobVerb.DISMISS)
+        self._do_dismiss(job)
+
+    def set_speed(self, job: Job, speed: int) -> None:
+        """block-job-set-speed (also applied at creation).
+
+        :raise QMPError: the verb error, or "Parameter 'speed' expects a
+            non-negative value".
+        """
+        self._apply_verb(job, JobVerb.SET_SPEED)
+        if speed < 0:
+            raise QMPError("Parameter 'speed' expects a non-negative value")
+        old = job.speed
+        job.speed = speed
+        job.driver.set_speed(job, speed)
+        if speed and speed <= old:
+            return
+        # A higher (or no) limit takes effect at once: cut a rate-limit sleep short.
+        job._enter("timer_pending")
+
+    # --------------------------------------------------------- cancel (core)
+
+    def _cancel_async(self, job: Job, force: bool) -> None:
+        force = job.driver.cancel_hook(job, force)
+        if job.user_paused:
+            job.driver.user_resume(job)
+            job.user_paused = False
+            job.pause_count -= 1
+        # A soft request on a job whose run is over is ignored.
+        if force or not job._deferred:
+            job.cancelled = True
+            job.force_cancel = job.force_cancel or force
+
+    def _cancel(self, job: Job, force: bool) -> None:
+        if job.status is JobStatus.CONCLUDED:
+            self._do_dismiss(job)
+            return
+        self._cancel_async(job, force)
+        if not job._started:
+            self._job_completed(job)
+        elif job._deferred:
+            if job.is_cancelled:
+                self._txn_abort(job)
+        else:
+            job._enter()
+
+    # ------------------------------------------------ drain, quit, shutdown
+
+    @contextlib.asynccontextmanager
+    async def drained(self) -> AsyncIterator[None]:
+        """A drained section: every job that can pause is paused while inside.
+
+        Entering raises the pause count of every job whose run has not ended
+        and waits until each one has parked (or is not busy, or has ended);
+        jobs created inside are paused too. Leaving drops those pauses.
+        """
+        section: list[Job] = [job for job in self._jobs if not job.completed]
+        self._drain_sections.append(section)
+        try:
+            for job in section:
+                job._pause()
+            await self._wait_for(lambda: all(not j.busy or j.completed for j in section))
+            yield
+        finally:
+            self._drain_sections.remove(section)
+            for job in section:
+                job._resume()
+
+    async def cancel_all(self) -> None:
+        """Force-cancel every job, newest first, and wait until all are gone.
+
+        What the daemon does on ``quit``: inside a drained section, a
+        concluded job is dismissed, any other is cancelled and waited for
+        until it concluded (then dismissed in turn if it stays).
+        """
+        async with self.drained():
+            while self._jobs:
+                job = self._jobs[0]
+                if job.status is JobStatus.CONCLUDED:
+                    self._do_dismiss(job)
+                    continue
+                self._cancel(job, True)
+                await self._wait_for(_has_concluded(job))
+
+    async def aclose(self) -> None:
+        """Shutdown: stop every job task (no events), and forget all jobs."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        for job in self._jobs:
+            if job._timer is not None:
+                job._timer.cancel()
+                job._timer = None
+        self._jobs.clear()
+        self._job_activity()

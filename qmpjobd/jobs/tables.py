@@ -1,0 +1,135 @@
+"""The job state machine as data: statuses, verbs, job types and the two tables.
+
+The tables are written as boolean matrices with a column header, so they read
+like the state diagram and like the reference tables they transcribe. Nothing
+here has behaviour; :mod:`qmpjobd.jobs.job` is the one place that consults
+:data:`TRANSITIONS` when it changes a status, and
+:mod:`qmpjobd.jobs.manager` consults :data:`VERB_TABLE` before every user verb.
+
+Must not import: sockets, JSON, block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class JobStatus(StrEnum):
+    """QEMU's JobStatus, spelled as on the wire, in enum order."""
+
+    UNDEFINED = "undefined"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    READY = "ready"
+    STANDBY = "standby"
+    WAITING = "waiting"
+    PENDING = "pending"
+    ABORTING = "aborting"
+    CONCLUDED = "concluded"
+    NULL = "null"
+
+
+class JobVerb(StrEnum):
+    """QEMU 7.2's JobVerb (``change`` only exists from 8.2 on)."""
+
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SET_SPEED = "set-speed"
+    COMPLETE = "complete"
+    DISMISS = "dismiss"
+    FINALIZE = "finalize"
+
+
+class JobType(StrEnum):
+    """QEMU's JobType, spelled as on the wire, in enum order."""
+
+    COMMIT = "commit"
+    STREAM = "stream"
+    MIRROR = "mirror"
+    BACKUP = "backup"
+    CREATE = "create"
+    AMEND = "amend"
+    SNAPSHOT_LOAD = "snapshot-load"
+    SNAPSHOT_SAVE = "snapshot-save"
+    SNAPSHOT_DELETE = "snapshot-delete"
+
+
+#: Job types that are *block jobs*: listed by query-block-jobs, reachable
+#: through block-job-* commands, and the only ones that emit BLOCK_JOB_* events.
+BLOCK_JOB_TYPES: frozenset[JobType] = frozenset(
+    {JobType.COMMIT, JobType.STREAM, JobType.MIRROR, JobType.BACKUP}
+)
+
+#: Statuses in which the job's run has ended ("completed" in QEMU's sense).
+COMPLETED_STATUSES: frozenset[JobStatus] = frozenset(
+    {
+        JobStatus.WAITING,
+        JobStatus.PENDING,
+        JobStatus.ABORTING,
+        JobStatus.CONCLUDED,
+        JobStatus.NULL,
+    }
+)
+
+_S = JobStatus
+_COLUMNS: tuple[JobStatus, ...] = tuple(JobStatus)
+
+# fmt: off
+# State transition table: row = from, column = to; 1 = the move is allowed.
+_STT: dict[JobStatus, tuple[int, ...]] = {
+    #               U  C  R  P  Y  S  W  D  X  E  N
+    _S.UNDEFINED: (0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    _S.CREATED:   (0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1),
+    _S.RUNNING:   (0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0),
+    _S.PAUSED:    (0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+    _S.READY:     (0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0),
+    _S.STANDBY:   (0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0),
+    _S.WAITING:   (0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0),
+    _S.PENDING:   (0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0),
+    _S.ABORTING:  (0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0),
+    _S.CONCLUDED: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1),
+    _S.NULL:      (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+}
+
+# Verb table: row = verb, column = the job's status; 1 = the verb is accepted.
+_VERBS: dict[JobVerb, tuple[int, ...]] = {
+    #                   U  C  R  P  Y  S  W  D  X  E  N
+    JobVerb.CANCEL:    (0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0),
+    JobVerb.PAUSE:     (0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0),
+    JobVerb.RESUME:    (0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0),
+    JobVerb.SET_SPEED: (0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0),
+    JobVerb.COMPLETE:  (0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0),
+    JobVerb.FINALIZE:  (0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0),
+    JobVerb.DISMISS:   (0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0),
+}
+# fmt: on
+
+
+def _row(bits: tuple[int, ...]) -> frozenset[JobStatus]:
+    assert len(bits) == len(_COLUMNS)
+    return frozenset(s for s, bit in zip(_COLUMNS, bits, strict=True) if bit)
+
+
+#: from-status -> the statuses it may move to.
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
+    {status: _row(bits) for status, bits in _STT.items()}
+)
+
+#: verb -> the statuses in which the verb is accepted.
+VERB_TABLE: Mapping[JobVerb, frozenset[JobStatus]] = MappingProxyType(
+    {verb: _row(bits) for verb, bits in _VERBS.items()}
+)
+
+
+def transition_allowed(old: JobStatus, new: JobStatus) -> bool:
+    """Whether the state machine has the edge ``old -> new``."""
+    return new in TRANSITIONS[old]
+
+
+def verb_allowed(verb: JobVerb, status: JobStatus) -> bool:
+    """Whether ``verb`` is accepted by a job in ``status``."""
+    return status in VERB_TABLE[verb]
