@@ -11,10 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .block import BlockGraph
 from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
+from .commands.block import block_commands
+from .commands.blockjobs import blockjob_commands
 from .commands.core import CoreContext, core_commands, negotiation_commands
+from .commands.jobs import job_commands
 from .events import EventBus
+from .jobs import JobManager
 from .schema import SchemaSet
 from .server import DEFAULT_MAX_OUTBOUND, Server
 
@@ -39,6 +44,8 @@ class App:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.schemas = SchemaSet()
         self.bus = EventBus(self.clock)
+        self.jobs = JobManager(self.bus, self.clock)
+        self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
         self._stop = asyncio.Event()
         #: Set once every socket listens.
         self.started = asyncio.Event()
@@ -47,7 +54,12 @@ class App:
             prepare_quit=self.prepare_quit,
             request_stop=self.request_stop,
         )
-        commands: list[tuple[str, Handler]] = [*core_commands(self.core)]
+        commands: list[tuple[str, Handler]] = [
+            *blockjob_commands(self.jobs, self.graph),
+            *block_commands(self.graph),
+            *job_commands(self.jobs),
+            *core_commands(self.core),
+        ]
         self.negotiation_table = CommandTable(
             self.schemas, negotiation_commands(self.core), negotiation=True
         )
@@ -65,7 +77,8 @@ class App:
         )
 
     async def prepare_quit(self) -> None:
-        """What ``quit`` does before its reply: nothing left running."""
+        """What ``quit`` does before its reply: every job cancelled, newest first."""
+        await self.jobs.cancel_all()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -80,6 +93,8 @@ class App:
         self.server.stop_accepting()
         await self.prepare_quit()
         await self.server.close(self.config.shutdown_deadline)
+        await self.jobs.aclose()
+        self.graph.close()
         if self.config.pidfile is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.config.pidfile.unlink()

@@ -28,6 +28,11 @@ def _qdict_hash(key: str) -> int:
     return (1103515243 * value + 12345) & 0xFFFFFFFF
 
 
+def qdict_bucket(key: str) -> int:
+    """The bucket of QEMU's QDict that *key* lands in."""
+    return _qdict_hash(key) % _QDICT_BUCKETS
+
+
 def qdict_order(keys: Iterable[str]) -> list[str]:
     """The order in which QEMU iterates a QDict whose keys were inserted in *keys* order."""
     buckets: dict[int, list[str]] = {}

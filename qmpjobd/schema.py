@@ -437,9 +437,7 @@ class _Introspector:
         self.entities.append(entity)
         return name
 
-    def type_name(
-        self, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
-    ) -> str:
+    def type_name(self, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> str:
         """The SchemaInfo name of *schema* (a document, or a part of *root*)."""
         schema, root = self.schemas._walker.resolve(schema, root)
         if "anyOf" in schema:

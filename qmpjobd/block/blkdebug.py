@@ -113,9 +113,7 @@ class Blkdebug:
         for rule in self.active:
             if iotype not in rule.iotypes:
                 continue
-            if rule.offset is not None and not (
-                length and offset <= rule.offset < offset + length
-            ):
+            if rule.offset is not None and not (length and offset <= rule.offset < offset + length):
                 continue
             if rule.errno <= 0:
                 return 0, True

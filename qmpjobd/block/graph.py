@@ -80,9 +80,7 @@ class BlockGraph:
         executor: Executor | None = None,
         rng: Callable[[], int] | None = None,
     ) -> None:
-        self._allow = (
-            None if allow_paths is None else tuple(Path(p).resolve() for p in allow_paths)
-        )
+        self._allow = None if allow_paths is None else tuple(Path(p).resolve() for p in allow_paths)
         self._own_executor = executor is None
         self.executor: Executor = (
             executor
@@ -259,8 +257,7 @@ class BlockGraph:
             real = child.size
             if offset > real:
                 raise QMPError(
-                    f"Offset ({offset}) cannot be greater than size of the containing "
-                    f"file ({real})"
+                    f"Offset ({offset}) cannot be greater than size of the containing file ({real})"
                 )
             if "size" in options:
                 size = options["size"]

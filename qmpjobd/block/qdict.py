@@ -8,7 +8,7 @@ that order: callers build dicts in QAPI declaration order, and
 that share a bucket (which is what 7.2 showed for the colliding
 ``inject-error.N.*`` keys).
 
-A leaf of the block package: no imports of ours.
+Imports only the leaf :mod:`qmpjobd.qdict`.
 """
 
 from __future__ import annotations
@@ -16,17 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_BUCKETS = 512
-_MASK = 0xFFFFFFFF
+from ..qdict import qdict_bucket
 
-
-def bucket(key: str) -> int:
-    """The hash bucket QEMU puts ``key`` in (the gdbm/tdb string hash)."""
-    data = key.encode()
-    value = (0x238F13AF * len(data)) & _MASK
-    for i, byte in enumerate(data):
-        value = (value + (byte << (i * 5 % 24))) & _MASK
-    return ((1103515243 * value + 12345) & _MASK) % _BUCKETS
+bucket = qdict_bucket
 
 
 def qemu_order(value: Any) -> Any:

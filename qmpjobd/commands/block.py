@@ -1,0 +1,27 @@
+"""Block node commands: blockdev-add, blockdev-del, query-named-block-nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..block import BlockGraph
+from . import Handler, SessionControl
+
+
+def block_commands(graph: BlockGraph) -> list[tuple[str, Handler]]:
+    def blockdev_add(session: SessionControl, args: dict[str, Any]) -> Any:
+        graph.add(args)
+        return {}
+
+    def blockdev_del(session: SessionControl, args: dict[str, Any]) -> Any:
+        graph.delete(args["node-name"])
+        return {}
+
+    def query_named_block_nodes(session: SessionControl, args: dict[str, Any]) -> Any:
+        return graph.query_named_block_nodes()
+
+    return [
+        ("query-named-block-nodes", query_named_block_nodes),
+        ("blockdev-add", blockdev_add),
+        ("blockdev-del", blockdev_del),
+    ]
