@@ -34,6 +34,7 @@ class Config:
     max_outbound: int = DEFAULT_MAX_OUTBOUND
     allow_paths: Sequence[Path] = field(default_factory=list)
     shutdown_deadline: float = 1.0
+    job_cancel_deadline: float = 5.0
 
 
 class App:
@@ -91,7 +92,12 @@ class App:
 
     async def shutdown(self) -> None:
         self.server.stop_accepting()
-        await self.prepare_quit()
+        try:
+            # Jobs get a bounded time to wind down; a job stuck in I/O must
+            # not keep the daemon from exiting.
+            await asyncio.wait_for(self.prepare_quit(), self.config.job_cancel_deadline)
+        except TimeoutError:
+            log.warning("jobs did not finish cancelling in time; stopping them")
         await self.server.close(self.config.shutdown_deadline)
         await self.jobs.aclose()
         self.graph.close()

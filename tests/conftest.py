@@ -34,6 +34,8 @@ class RawClient:
         self.reader = reader
         self.writer = writer
         self.greeting: dict[str, Any] | None = None
+        #: Events that arrived while execute() waited for its reply.
+        self.events: list[dict[str, Any]] = []
 
     @classmethod
     async def connect(cls, path: Path, *, negotiate: bool = True) -> RawClient:
@@ -69,10 +71,12 @@ class RawClient:
             reply = await self.recv()
             if "event" not in reply:
                 return reply
+            self.events.append(reply)
 
     async def quiet(self, seconds: float = 0.2) -> list[dict[str, Any]]:
-        """Everything that arrives until nothing has for *seconds*."""
-        out = []
+        """Events kept by execute(), then everything that arrives until nothing
+        has for *seconds*."""
+        out, self.events = self.events, []
         while True:
             try:
                 out.append(await self.recv(seconds))
