@@ -91,7 +91,7 @@ class Expect:
     events: tuple[EventPattern, ...] = ()
     quiet_ms: int = 0
     eof: bool = False
-    timeout_s: float = 3.0
+    timeout_s: float = 1.0
 
     def to_json(self) -> dict[str, JSON]:
         out: dict[str, JSON] = {}
@@ -119,7 +119,7 @@ class Expect:
             events=tuple(EventPattern.from_json(e) for e in obj.get("events", ())),
             quiet_ms=int(obj.get("quiet_ms", 0)),
             eof=bool(obj.get("eof", False)),
-            timeout_s=float(obj.get("timeout_s", 3.0)),
+            timeout_s=float(obj.get("timeout_s", 1.0)),
         )
 
 
