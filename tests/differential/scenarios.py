@@ -609,14 +609,15 @@ def job_setup(conns: int = 1) -> list[Step]:
     return steps
 
 
-def backup(job: str = "j1", **extra: JSON) -> bytes:
-    args: dict[str, JSON] = {"job-id": job, "device": "src", "target": "tgt", "sync": "full"}
+def backup(**extra: JSON) -> bytes:
+    """blockdev-backup of src to tgt as job j1; ``extra`` overrides or adds arguments."""
+    args: dict[str, JSON] = {"job-id": "j1", "device": "src", "target": "tgt", "sync": "full"}
     args.update(extra)
     return cmd("blockdev-backup", args, id="backup")
 
 
 def jobs(name: str, description: str, steps: list[Step], **kw: JSON) -> Scenario:
-    return Scenario(name, description, tuple(steps), GROUP_JOBS, **kw)  # type: ignore[arg-type]
+    return Scenario(name, description, tuple(steps), GROUP_JOBS, **kw)
 
 
 JOBS: tuple[Scenario, ...] = (
