@@ -1,0 +1,79 @@
+"""Record golden transcripts from a live qemu-storage-daemon.
+
+Usage (from the repository root)::
+
+    python -m tests.differential.record                 # every scenario
+    python -m tests.differential.record NAME...         # some scenarios
+    python -m tests.differential.record --group jobs    # one group
+    python -m tests.differential.record --repeat 3      # check determinism too
+    python -m tests.differential.record --list
+
+Each scenario runs against a fresh daemon and is written to
+``tests/golden/<name>.json``.  A scenario whose expectations time out, or
+whose repeated runs differ after normalisation, is not written and makes
+the command exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .harness import GOLDEN_DIR, dump_golden, golden_path, run_on_qemu
+from .normalise import check_same_events, compare
+from .scenarios import ALL
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.differential.record")
+    parser.add_argument("names", nargs="*", help="scenario names (default: all)")
+    parser.add_argument("--group", help="only scenarios of this group")
+    parser.add_argument("--binary", default=shutil.which("qemu-storage-daemon"))
+    parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario, compared")
+    parser.add_argument("--list", action="store_true", help="list scenarios and exit")
+    args = parser.parse_args(argv)
+
+    chosen = [
+        s
+        for s in ALL
+        if (not args.names or s.name in args.names) and (not args.group or s.group == args.group)
+    ]
+    unknown = set(args.names) - {s.name for s in ALL}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.list:
+        for s in chosen:
+            print(f"{s.group:9} {s.name}: {s.description}")
+        return 0
+    if args.binary is None:
+        parser.error("qemu-storage-daemon not found; pass --binary")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for scenario in chosen:
+        first = run_on_qemu(scenario, args.binary)
+        problems = [
+            f"step {i}: timed out on connection(s) {s['timed_out']}"
+            for i, s in enumerate(first["steps"])
+            if s.get("timed_out")
+        ]
+        problems += check_same_events(first)
+        for _ in range(args.repeat - 1):
+            problems += [
+                f"not deterministic: {p}"
+                for p in compare(first, run_on_qemu(scenario, args.binary))
+            ]
+        if problems:
+            failed += 1
+            print(f"FAIL {scenario.name}", *problems, sep="\n  ", file=sys.stderr)
+            continue
+        golden_path(scenario.name, args.out).write_text(dump_golden(first), encoding="ascii")
+        print(f"ok   {scenario.name}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Differential tests: qmpjobd against QEMU's qemu-storage-daemon 7.2.
+
+* Every golden transcript (recorded from qemu-storage-daemon by
+  ``python -m tests.differential.record``) is replayed against qmpjobd.
+* When qemu-storage-daemon is installed, every scenario also runs live
+  against it, and the live transcript is compared with qmpjobd's and with
+  the golden file (a drift in the golden files shows there).
+
+Job scenarios need block support in qmpjobd; they are skipped for qmpjobd
+until its ``query-commands`` lists ``blockdev-add``.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from typing import Any
+
+import pytest
+
+from tests.differential import harness, normalise, scenarios
+from tests.differential.model import (
+    GROUP_JOBS,
+    UNSET,
+    EventPattern,
+    Expect,
+    Scenario,
+    Step,
+    bytes_to_text,
+    strict_equal,
+    text_to_bytes,
+)
+
+NAMES = sorted(harness.golden_names())
+QEMU = shutil.which("qemu-storage-daemon")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-storage-daemon not installed")
+
+
+@functools.cache
+def golden(name: str) -> dict[str, Any]:
+    return harness.load_golden(name)
+
+
+@functools.cache
+def qemu_run(name: str) -> dict[str, Any]:
+    return harness.run_on_qemu(scenarios.BY_NAME[name], QEMU)
+
+
+@functools.cache
+def qmpjobd_run(name: str) -> dict[str, Any]:
+    # Replays the golden file's own steps, so a golden file stands on its own.
+    return harness.run_on_qmpjobd(Scenario.from_json(golden(name)))
+
+
+@functools.cache
+def qmpjobd_commands() -> frozenset[str]:
+    probe = Scenario(
+        "probe",
+        "which commands qmpjobd has",
+        (
+            scenarios.connect(),
+            scenarios.negotiate(),
+            scenarios.send(scenarios.cmd("query-commands", id="c")),
+        ),
+    )
+    received = harness.run_on_qmpjobd(probe)["steps"][-1]["received"]["0"]
+    ret = received[0].get("return") if received else None
+    if not isinstance(ret, list):
+        return frozenset()
+    return frozenset(c["name"] for c in ret if isinstance(c, dict) and "name" in c)
+
+
+def skip_without_block_support(name: str) -> None:
+    if golden(name)["group"] == GROUP_JOBS and "blockdev-add" not in qmpjobd_commands():
+        pytest.skip(
+            "job scenario: needs block support in qmpjobd (no blockdev-add in query-commands)"
+        )
+
+
+def assert_same(expected: dict[str, Any], actual: dict[str, Any], what: str) -> None:
+    problems = normalise.compare(expected, actual) + normalise.check_same_events(actual)
+    assert not problems, f"{what}:\n" + "\n".join(problems)
+
+
+# ------------------------------------------------------------------ golden files
+
+
+def test_golden_files_exist() -> None:
+    assert len(NAMES) >= 40
+    missing = sorted(set(scenarios.BY_NAME) - set(NAMES))
+    assert not missing, f"scenarios without a golden file (run the recorder): {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_matches_scenario(name: str) -> None:
+    """The golden file was recorded from the current scenario definition."""
+    assert name in scenarios.BY_NAME, f"golden file {name}.json has no scenario"
+    recorded = Scenario.from_json(golden(name)).to_json()
+    assert recorded == scenarios.BY_NAME[name].to_json(), "scenario changed: re-record it"
+    assert not any(s.get("timed_out") for s in golden(name)["steps"])
+    assert not normalise.check_same_events(golden(name))
+
+
+# ------------------------------------------------------------------ qmpjobd
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_qmpjobd_matches_golden(name: str) -> None:
+    skip_without_block_support(name)
+    assert_same(golden(name), qmpjobd_run(name), "qmpjobd differs from the golden transcript")
+
+
+# ------------------------------------------------------------------ live QEMU
+
+
+@pytest.mark.qemu
+@needs_qemu
+@pytest.mark.parametrize("name", NAMES)
+def test_qemu_matches_golden(name: str) -> None:
+    assert_same(
+        golden(name), qemu_run(name), "live qemu-storage-daemon differs from the golden file"
+    )
+
+
+@pytest.mark.qemu
+@needs_qemu
+@pytest.mark.parametrize("name", NAMES)
+def test_qmpjobd_matches_live_qemu(name: str) -> None:
+    skip_without_block_support(name)
+    assert_same(qemu_run(name), qmpjobd_run(name), "qmpjobd differs from live qemu-storage-daemon")
+
+
+# ------------------------------------------------------------------ the machinery itself
+
+
+def test_strict_equal_keeps_json_types_apart() -> None:
+    assert strict_equal({"a": [1, None], "b": "x"}, {"b": "x", "a": [1, None]})
+    assert not strict_equal(0, False)
+    assert not strict_equal(1, True)
+    assert not strict_equal(1, 1.0)
+    assert not strict_equal([1, 2], [2, 1])
+    assert not strict_equal({"a": 1}, {"a": 1, "b": 2})
+
+
+def test_raw_bytes_round_trip_through_json() -> None:
+    raw = b'{"id": "\xff\xc0\xaf caf\xc3\xa9"}\x01\r\n'
+    assert text_to_bytes(bytes_to_text(raw)) == raw
+    step = Step(0, "send", (raw, b"x"), {0: Expect(reply_id=None, quiet_ms=5)}, gap_ms=3)
+    assert Step.from_json(step.to_json()) == step
+    assert Expect.from_json(Expect().to_json()).reply_id is UNSET
+    assert Expect.from_json(Expect(reply_id=None).to_json()).reply_id is None
+
+
+def test_normaliser_replaces_only_what_it_should() -> None:
+    greeting = {
+        "QMP": {
+            "version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "distro"},
+            "capabilities": ["oob"],
+        }
+    }
+    assert normalise.normalise_message(greeting) == {
+        "QMP": {
+            "version": {
+                "qemu": {"micro": "<micro>", "minor": 2, "major": 7},
+                "package": "<package>",
+            },
+            "capabilities": ["oob"],
+        }
+    }
+    event = {
+        "timestamp": {"seconds": 5, "microseconds": 6},
+        "event": "BLOCK_JOB_COMPLETED",
+        "data": {"device": "j", "len": 10, "offset": 10, "speed": 0, "type": "backup"},
+    }
+    assert normalise.normalise_message(event)["data"]["len"] == 10
+    out = normalise.normalise_message(event, progress=True)
+    assert out["timestamp"] == "<timestamp>"
+    assert out["data"] == {
+        "device": "j",
+        "len": "<progress>",
+        "offset": "<progress>",
+        "speed": 0,
+        "type": "backup",
+    }
+    bad_ts = {**event, "timestamp": {"seconds": 1.5, "microseconds": 0}}
+    assert normalise.normalise_message(bad_ts)["timestamp"] == bad_ts["timestamp"]
+    commands = {"return": [{"name": "a"}, {"name": "b"}], "id": 1}
+    assert (
+        normalise.normalise_message(commands, shape=("commands",))["return"] == "<list of {name}>"
+    )
+    assert normalise.normalise_message(commands)["return"] == commands["return"]
+    odd = {"return": [{"name": "a", "x": 1}]}
+    assert normalise.normalise_message(odd, shape=("commands",)) == odd
+
+
+def _transcript(group: str, received: list[dict[str, Any]]) -> dict[str, Any]:
+    scenario = Scenario(
+        "t",
+        "t",
+        (Step(0, "send", (b"{}",), {0: Expect(messages=len(received))}),),
+        group=group,
+    )
+    out = scenario.to_json()
+    out["steps"] = [{**out["steps"][0], "received": {"0": received}}]
+    out["trailing"] = {"0": []}
+    return out
+
+
+def test_compare_job_scenarios_split_events_and_replies() -> None:
+    ev = {
+        "event": "JOB_STATUS_CHANGE",
+        "data": {"status": "null", "id": "j"},
+        "timestamp": {"seconds": 1, "microseconds": 2},
+    }
+    rep = {"return": {}, "id": 1}
+    assert (
+        normalise.compare(_transcript(GROUP_JOBS, [ev, rep]), _transcript(GROUP_JOBS, [rep, ev]))
+        == []
+    )
+    problems = normalise.compare(
+        _transcript("protocol", [ev, rep]), _transcript("protocol", [rep, ev])
+    )
+    assert problems and "message 0" in problems[0]
+    short = normalise.compare(_transcript("protocol", [rep, rep]), _transcript("protocol", [rep]))
+    assert any("2 messages expected, 1 received; missing" in p for p in short)
+
+
+def test_event_pattern_is_a_subset_match() -> None:
+    pattern = EventPattern("JOB_STATUS_CHANGE", {"status": "null"})
+    assert pattern.matches({"event": "JOB_STATUS_CHANGE", "data": {"status": "null", "id": "j"}})
+    assert not pattern.matches(
+        {"event": "JOB_STATUS_CHANGE", "data": {"status": "pending", "id": "j"}}
+    )
+    assert not pattern.matches({"event": "BLOCK_JOB_PENDING", "data": {"status": "null"}})
