@@ -1,0 +1,176 @@
+"""The streaming QMP input decoder: bytes in, JSON values and parse errors out.
+
+Input is framed by JSON value boundaries, never by newlines: ``qemu.qmp``
+sends no newline, socat sends ``\\n``, libvirt ``\\r\\n``, and two objects on
+one line are two messages. What comes out is exactly what QEMU 7.2 would
+have read from the same bytes, in the same order, at the same moment (a
+top-level number, for instance, is complete only once a following byte
+arrives); see :mod:`qmpjobd.wire.qemu_json` for the rules.
+
+Two routes give the same results:
+
+* the **fast route** hands well-formed messages that start with ``{`` to the
+  standard library's C JSON scanner, and takes a result only when nothing in
+  the message could make QEMU read it differently (duplicate keys, numbers
+  such as ``0e5``, escapes of surrogates or noncharacters, raw noncharacters,
+  deep nesting, huge messages);
+* anything else — other top-level values, errors, single quotes, control
+  bytes, a message cut off at the end of a chunk — goes through
+  :class:`~qmpjobd.wire.qemu_json.QemuJsonReader`, QEMU's reader modelled
+  byte by byte, until it is back between messages.
+
+Part of :mod:`qmpjobd.wire`: no asyncio, no sockets, nothing of jobs or QMP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from qmpjobd.wire._utf8 import NONCHARACTER_RE
+from qmpjobd.wire.qemu_json import MAX_NESTING, ParseError, QemuJsonReader, json_integer
+
+__all__ = ["Decoder", "ParseError"]
+
+# Messages longer than this go the exact route, so that the fast route never
+# has to think about the token count and token size limits (a message of
+# fewer bytes than MAX_TOKEN_COUNT has fewer tokens than that).
+_FAST_MAX_CHARS: Final = 1 << 20
+
+# A message this short cannot nest deeper than MAX_NESTING (each level takes
+# an opening and a closing character).
+_NESTING_CHECK_CHARS: Final = 2 * MAX_NESTING
+
+_WS_RE: Final = re.compile(r"[ \t\r\n]*")
+# Text that the C scanner may read differently from QEMU, in any message that
+# contains it: escapes of surrogates and noncharacters; an exponent right
+# after a bare 0 (QEMU reads "0e5" as 0 followed by a word).
+_SUSPECT_ASCII_RE: Final = re.compile(
+    r"\\u(?:[dD][89a-fA-F]|[fF][dD][dDeE]|[fF][fF][fF][eEfF])|(?<![0-9.])0[eE]"
+)
+_SUSPECT_RE: Final = re.compile(_SUSPECT_ASCII_RE.pattern + "|" + NONCHARACTER_RE.pattern)
+# 19 digits in a row: an integer that may be beyond int64, which needs QEMU's
+# integer rules rather than Python's plain int().
+_LONG_DIGITS_RE: Final = re.compile(r"[0-9]{19}")
+
+
+class _Rejected(ValueError):
+    """The fast route saw something QEMU would read differently."""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _Rejected("duplicate key")
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise _Rejected(name)
+
+
+def _scanner(parse_int: Callable[[str], Any] | None) -> Callable[[str, int], tuple[Any, int]]:
+    decoder = json.JSONDecoder(
+        object_pairs_hook=_object_pairs, parse_constant=_no_constant, parse_int=parse_int,
+        strict=True,
+    )
+    scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+    return scan
+
+
+_SCAN_PLAIN: Final = _scanner(None)
+_SCAN_BIG_INTS: Final = _scanner(json_integer)
+
+
+class Decoder:
+    """Streaming decoder for one QMP connection's input.
+
+    Feed it the bytes as they arrive; it returns, in input order, each
+    complete top-level JSON value (dict, list, str, int, float, bool, None)
+    and a :class:`ParseError` for each error QEMU would report. Incomplete
+    input is kept for the next :meth:`feed`.
+    """
+
+    __slots__ = ("_exact", "_exact_active")
+
+    def __init__(self) -> None:
+        self._exact = QemuJsonReader()
+        # True while the exact reader holds a partly read message.
+        self._exact_active = False
+
+    def feed(self, data: bytes) -> list[object]:
+        """Read ``data``; return the values and errors it completes, in order."""
+        out: list[object] = []
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if self._exact_active:
+                pos = self._exact.feed(data, out, pos, stop_when_idle=True)
+                self._exact_active = not self._exact.idle
+            else:
+                pos = self._feed_fast(data, pos, out)
+        return out
+
+    def feed_eof(self) -> list[object]:
+        """The input has ended: report what QEMU reports, and start afresh.
+
+        QEMU reports nothing for a message left unfinished when the client
+        goes away (it re-creates its parser on the next connection), so this
+        always returns an empty list.
+        """
+        self._exact.reset()
+        self._exact_active = False
+        return []
+
+    def _feed_fast(self, data: bytes, pos: int, out: list[object]) -> int:
+        """Read whole ``{...}`` messages from ``data[pos:]`` with the C scanner.
+
+        Returns the position reached; when that is short of the end, the exact
+        reader takes over from there.
+        """
+        chunk = data[pos:] if pos else data
+        ascii_only = chunk.isascii()
+        decoded_all = True
+        if ascii_only:
+            text = chunk.decode("ascii")
+            suspect = _SUSPECT_ASCII_RE.search(text)
+        else:
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                text = chunk[:exc.start].decode("utf-8")
+                decoded_all = False
+            suspect = _SUSPECT_RE.search(text)
+        suspect_at = suspect.start() if suspect is not None else len(text) + 1
+        scan = _SCAN_BIG_INTS if _LONG_DIGITS_RE.search(text) else _SCAN_PLAIN
+        ws_match = _WS_RE.match
+        count = text.count
+        i = 0
+        end_of_text = len(text)
+        while i < end_of_text:
+            c = text[i]
+            if c != "{":
+                if c in " \t\r\n":
+                    i = ws_match(text, i).end()
+                    continue
+                break
+            try:
+                value, end = scan(text, i)
+            except (StopIteration, ValueError, RecursionError):
+                break
+            if suspect_at < end:
+                break
+            if end - i > _NESTING_CHECK_CHARS and (
+                    end - i > _FAST_MAX_CHARS
+                    or count("{", i, end) + count("[", i, end) > MAX_NESTING):
+                break
+            out.append(value)
+            i = end
+        if i == end_of_text and decoded_all:
+            return len(data)
+        self._exact_active = True
+        if ascii_only:
+            return pos + i
+        return pos + len(text[:i].encode("utf-8"))
