@@ -135,20 +135,22 @@ class Decoder:
         decoded_all = True
         if ascii_only:
             text = chunk.decode("ascii")
-            suspect = _SUSPECT_ASCII_RE.search(text)
+            suspect_re = _SUSPECT_ASCII_RE
         else:
             try:
                 text = chunk.decode("utf-8")
             except UnicodeDecodeError as exc:
                 text = chunk[:exc.start].decode("utf-8")
                 decoded_all = False
-            suspect = _SUSPECT_RE.search(text)
-        suspect_at = suspect.start() if suspect is not None else len(text) + 1
-        scan = _SCAN_BIG_INTS if _LONG_DIGITS_RE.search(text) else _SCAN_PLAIN
-        ws_match = _WS_RE.match
-        count = text.count
-        i = 0
+            suspect_re = _SUSPECT_RE
         end_of_text = len(text)
+        # Where the next suspect text and the next long digit run are; looked
+        # for only once a message has been scanned (-1: not yet looked for).
+        suspect_at = -1
+        digits_at = -1
+        ws_match = _WS_RE.match
+        scan = _SCAN_PLAIN
+        i = 0
         while i < end_of_text:
             c = text[i]
             if c != "{":
@@ -160,12 +162,22 @@ class Decoder:
                 value, end = scan(text, i)
             except (StopIteration, ValueError, RecursionError):
                 break
-            if suspect_at < end:
-                break
             if end - i > _NESTING_CHECK_CHARS and (
                     end - i > _FAST_MAX_CHARS
-                    or count("{", i, end) + count("[", i, end) > MAX_NESTING):
+                    or text.count("{", i, end) + text.count("[", i, end) > MAX_NESTING):
                 break
+            if suspect_at < i:
+                found = suspect_re.search(text, i)
+                suspect_at = found.start() if found is not None else end_of_text
+            if suspect_at < end:
+                break
+            if digits_at < i:
+                found = _LONG_DIGITS_RE.search(text, i)
+                digits_at = found.start() if found is not None else end_of_text
+            if digits_at < end:
+                # An integer that may be beyond int64: read this message again
+                # with QEMU's integer rules.
+                value, end = _SCAN_BIG_INTS(text, i)
             out.append(value)
             i = end
         if i == end_of_text and decoded_all:

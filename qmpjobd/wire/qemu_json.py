@@ -210,7 +210,10 @@ _PUNCT_TYPES: Final = {
     ord("{"): LCURLY, ord("}"): RCURLY, ord("["): LSQUARE, ord("]"): RSQUARE,
     ord(":"): COLON, ord(","): COMMA,
 }
-_GROUP_TYPES: Final = {"dq": STRING, "sq": STRING, "int": INTEGER, "float": FLOAT, "kw": KEYWORD}
+# Token kind for each group of _START_TOKEN_RE, by group number.
+_WS: Final = -1
+_PUNCT: Final = -2
+_GROUP_KINDS: Final = (ERROR, _WS, _PUNCT, STRING, STRING, INTEGER, FLOAT, KEYWORD)
 
 
 # --- the parser ------------------------------------------------------------
@@ -346,6 +349,8 @@ def _parse_tokens(tokens: list[tuple[int, bytes]]) -> object:
                 continue
             i += 1
             value = {} if kind == LCURLY else []
+        elif kind == INTEGER and len(text) <= 18:
+            value = int(text)
         elif kind in (STRING, INTEGER, FLOAT, KEYWORD):
             value = _parse_scalar(kind, text)
         else:
@@ -441,7 +446,6 @@ class QemuJsonReader:
         table = _TABLE
         runs = _RUNS
         token = self._token
-        start_re = _START_TOKEN_RE
         begin = pos
         while pos < n:
             if stop_when_idle and pos > begin and self._state == START and not token \
@@ -449,21 +453,12 @@ class QemuJsonReader:
                 return pos
             state = self._state
             if state == START:
-                m = start_re.match(data, pos)
-                if m is not None:
-                    end = m.end()
-                    group = m.lastgroup
-                    if group == "ws":
-                        pos = end
-                        continue
-                    if end - pos < MAX_TOKEN_SIZE:
-                        if group == "punct":
-                            self._process(_PUNCT_TYPES[data[pos]], data[pos:end], out)
-                        else:
-                            assert group is not None
-                            self._process(_GROUP_TYPES[group], data[pos:end], out)
-                        pos = end
-                        continue
+                new_pos = self._read_tokens(data, pos, out, stop_when_idle)
+                if new_pos != pos:
+                    pos = new_pos
+                    continue
+                if stop_when_idle and pos > begin and not self._tokens:
+                    return pos
             else:
                 run = runs.get(state)
                 if run is not None:
@@ -503,6 +498,71 @@ class QemuJsonReader:
     def reset(self) -> None:
         """Forget everything half-read (QEMU re-creates its parser on reconnect)."""
         self.__init__()  # type: ignore[misc]
+
+    def _read_tokens(self, data: bytes, pos: int, out: list[object], stop_when_idle: bool) -> int:
+        """Read whole tokens from ``data[pos:]`` while the lexer is in START.
+
+        The same as feeding the bytes one by one, for the tokens that
+        ``_START_TOKEN_RE`` recognises; stops at anything else (and, with
+        ``stop_when_idle``, between messages). Returns the position reached.
+        """
+        match = _START_TOKEN_RE.match
+        kinds = _GROUP_KINDS
+        punct = _PUNCT_TYPES
+        tokens = self._tokens
+        brace = self._brace
+        bracket = self._bracket
+        size = self._token_size
+        start = pos
+        while True:
+            if stop_when_idle and not tokens and pos > start:
+                break
+            m = match(data, pos)
+            if m is None:
+                break
+            end = m.end()
+            kind = kinds[m.lastindex or 0]
+            if kind == _WS:
+                pos = end
+                continue
+            if end - pos >= MAX_TOKEN_SIZE:
+                break  # the lexer's length cut-off: take it byte by byte
+            text = data[pos:end]
+            pos = end
+            if kind == _PUNCT:
+                kind = punct[text[0]]
+                if kind == LCURLY:
+                    brace += 1
+                elif kind == RCURLY:
+                    brace -= 1
+                elif kind == LSQUARE:
+                    bracket += 1
+                elif kind == RSQUARE:
+                    bracket -= 1
+            length = len(text)
+            error = None
+            if size + length + 1 > MAX_TOKEN_SIZE:
+                error = "JSON token size limit exceeded"
+            elif len(tokens) + 1 > MAX_TOKEN_COUNT:
+                error = "JSON token count limit exceeded"
+            elif bracket + brace > MAX_NESTING:
+                error = "JSON nesting depth limit exceeded"
+            if error is None:
+                tokens.append((kind, text))
+                size += length
+                if (brace > 0 or bracket > 0) and brace >= 0 and bracket >= 0:
+                    continue
+                result = _parse(tokens)
+            else:
+                result = ParseError(error)
+            self._tokens = tokens = []
+            brace = bracket = size = 0
+            out.append(result)
+        self._tokens = tokens
+        self._brace = brace
+        self._bracket = bracket
+        self._token_size = size
+        return pos
 
     def _check_token_length(self, out: list[object]) -> None:
         # The lexer refuses to grow one token past MAX_TOKEN_SIZE.
