@@ -155,7 +155,9 @@ class Decoder:
             c = text[i]
             if c != "{":
                 if c in " \t\r\n":
-                    i = ws_match(text, i).end()
+                    ws = ws_match(text, i)
+                    assert ws is not None  # the pattern matches the empty string
+                    i = ws.end()
                     continue
                 break
             try:

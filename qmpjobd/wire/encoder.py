@@ -70,7 +70,7 @@ def format_float(value: float) -> str:
     """A double as QEMU prints it (``%.17g``)."""
     if math.isnan(value):
         return "-nan" if math.copysign(1.0, value) < 0 else "nan"
-    return "%.17g" % value
+    return f"{value:.17g}"
 
 
 def _fix_number(m: re.Match[str]) -> str:
@@ -113,9 +113,9 @@ def _quote_reference(s: str) -> str:
             out.append("\\uFFFD")
         elif cp > 0xFFFF:
             cp -= 0x10000
-            out.append("\\u%04X\\u%04X" % (0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF)))
+            out.append(f"\\u{0xD800 + (cp >> 10):04X}\\u{0xDC00 + (cp & 0x3FF):04X}")
         elif cp < 0x20 or cp >= 0x7F:
-            out.append("\\u%04X" % cp)
+            out.append(f"\\u{cp:04X}")
         else:
             out.append(ch)
     out.append('"')

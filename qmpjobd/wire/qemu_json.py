@@ -340,7 +340,7 @@ def _parse_tokens(tokens: list[tuple[int, bytes]]) -> object:
         kind, text = tokens[i]
         i += 1
         value: object
-        if kind == LCURLY or kind == LSQUARE:
+        if kind in (LCURLY, LSQUARE):
             if i >= n:
                 raise _Fail(b"premature EOI")
             closer = RCURLY if kind == LCURLY else RSQUARE
@@ -485,7 +485,7 @@ class QemuJsonReader:
                     self._process(new, bytes(token), out)
                     token.clear()
                     new = START
-                elif new == START or new == RECOVERY:
+                elif new in (START, RECOVERY):
                     token.clear()
                 elif new == ERROR:
                     self._process(ERROR, bytes(token), out)
