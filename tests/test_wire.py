@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qmpjobd.wire
-from qmpjobd.wire import Decoder, ParseError, encode
+from qmpjobd.wire import Decoder, ParseError, encode, qemu_order
 from qmpjobd.wire.encoder import encode_reference
 from qmpjobd.wire.qemu_json import QemuJsonReader
 from tests.wire_canon import canon
@@ -338,3 +338,25 @@ def test_wire_imports_only_the_standard_library_basics() -> None:
                 continue
             for name in names:
                 assert name in ALLOWED_IMPORTS or name.startswith("qmpjobd.wire"), (path, name)
+
+
+# --- QDict member order --------------------------------------------------------
+
+
+def test_qemu_order_matches_qemus_hash_order() -> None:
+    # Orders seen from qemu-storage-daemon 7.2.
+    assert list(qemu_order({"b": [], "a": 1, "c": 2, "execute": 3, "id": 4})) == [  # type: ignore[call-overload]
+        "a", "execute", "b", "c", "id"]
+    assert list(qemu_order({"id": 1, "return": {}})) == ["return", "id"]  # type: ignore[call-overload]
+    assert list(qemu_order({"error": {}, "id": 1})) == ["id", "error"]  # type: ignore[call-overload]
+    job = {"id": "j", "type": "backup", "status": "running", "current-progress": 0,
+           "total-progress": 1}
+    assert list(qemu_order(job)) == [  # type: ignore[call-overload]
+        "current-progress", "status", "total-progress", "type", "id"]
+
+
+def test_qemu_order_reorders_nested_objects_only() -> None:
+    value = {"x": [{"b": 1, "a": 2}], "s": "t"}
+    assert qemu_order(value) == value
+    assert list(qemu_order(value)["x"][0]) == ["a", "b"]  # type: ignore[index]
+    assert qemu_order([1, "a", None]) == [1, "a", None]

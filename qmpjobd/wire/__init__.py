@@ -5,7 +5,8 @@
   error texts and resynchronisation; it yields decoded values and
   :class:`ParseError` items.
 * :func:`encode` writes one message the way QEMU does: compact, ASCII,
-  ``%.17g`` floats, ending in CRLF.
+  ``%.17g`` floats, ending in CRLF; :func:`qemu_order` gives a decoded value
+  the member order QEMU prints objects in (for echoing a client's ``id``).
 
 The layer knows JSON and QEMU's reading of it, nothing more: whether a value
 is a valid QMP request is for :mod:`qmpjobd.protocol`. It must not import
@@ -15,6 +16,7 @@ nothing of ours outside this package.
 
 from qmpjobd.wire.decoder import Decoder
 from qmpjobd.wire.encoder import encode
+from qmpjobd.wire.qdict import qemu_order
 from qmpjobd.wire.qemu_json import ParseError
 
-__all__ = ["Decoder", "ParseError", "encode"]
+__all__ = ["Decoder", "ParseError", "encode", "qemu_order"]

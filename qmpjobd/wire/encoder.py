@@ -75,7 +75,7 @@ def format_float(value: float) -> str:
 
 def _fix_number(m: re.Match[str]) -> str:
     text = m.group(0)
-    if text[0] == '"' or not ("." in text or "e" in text or "E" in text or text[-1] in "yN"):
+    if text[0] == '"' or not ("." in text or "e" in text or "E" in text or text[-1] == "y"):
         return text
     return format_float(float(text))
 
@@ -92,6 +92,9 @@ def encode(obj: object) -> bytes:
     if "\\u" in text:
         text = _ESCAPE_RE.sub(_fix_escape, text)
     if _FLOATISH_RE.search(text):
+        if "NaN" in text:
+            # The C encoder drops a NaN's sign, which C's printf shows.
+            return encode_reference(obj)
         text = _NUMBER_RE.sub(_fix_number, text)
     return text.encode("ascii") + b"\r\n"
 
