@@ -39,6 +39,11 @@ __all__ = ["Decoder", "ParseError"]
 # fewer bytes than MAX_TOKEN_COUNT has fewer tokens than that).
 _FAST_MAX_CHARS: Final = 1 << 20
 
+# The fast route decodes at most this much input at a time.
+_WINDOW: Final = 1 << 16
+# Input that may start a message the fast route reads.
+_FAST_FIRST_BYTES: Final = frozenset(b"{ \t\r\n")
+
 # A message this short cannot nest deeper than MAX_NESTING (each level takes
 # an opening and a closing character).
 _NESTING_CHECK_CHARS: Final = 2 * MAX_NESTING
@@ -127,12 +132,33 @@ class Decoder:
     def _feed_fast(self, data: bytes, pos: int, out: list[object]) -> int:
         """Read whole ``{...}`` messages from ``data[pos:]`` with the C scanner.
 
-        Returns the position reached; when that is short of the end, the exact
-        reader takes over from there.
+        The input is taken in windows, so that handing over to the exact
+        reader (which may happen once per message) never costs more than one
+        window. Returns the position reached; when that is short of the end,
+        the exact reader takes over from there.
         """
-        chunk = data[pos:] if pos else data
+        n = len(data)
+        while pos < n:
+            if data[pos] not in _FAST_FIRST_BYTES:
+                break
+            window_end = min(n, pos + _WINDOW)
+            read = self._scan_window(data[pos:window_end], out)
+            if read == window_end - pos:
+                pos = window_end
+            elif read > 0 and window_end < n:
+                # The window may have cut the next message short: start a
+                # new window with it.
+                pos += read
+            else:
+                pos += read
+                break
+        if pos < n:
+            self._exact_active = True
+        return pos
+
+    def _scan_window(self, chunk: bytes, out: list[object]) -> int:
+        """Read whole ``{...}`` messages from ``chunk``; return the bytes read."""
         ascii_only = chunk.isascii()
-        decoded_all = True
         if ascii_only:
             text = chunk.decode("ascii")
             suspect_re = _SUSPECT_ASCII_RE
@@ -141,7 +167,6 @@ class Decoder:
                 text = chunk.decode("utf-8")
             except UnicodeDecodeError as exc:
                 text = chunk[:exc.start].decode("utf-8")
-                decoded_all = False
             suspect_re = _SUSPECT_RE
         end_of_text = len(text)
         # Where the next suspect text and the next long digit run are; looked
@@ -182,9 +207,6 @@ class Decoder:
                 value, end = _SCAN_BIG_INTS(text, i)
             out.append(value)
             i = end
-        if i == end_of_text and decoded_all:
-            return len(data)
-        self._exact_active = True
         if ascii_only:
-            return pos + i
-        return pos + len(text[:i].encode("utf-8"))
+            return i
+        return len(text[:i].encode("utf-8"))
