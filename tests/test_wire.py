@@ -22,7 +22,7 @@ from qmpjobd.wire import Decoder, ParseError, encode, qemu_order
 from qmpjobd.wire.encoder import encode_reference
 from qmpjobd.wire.qemu_json import QemuJsonReader
 from tests.wire_canon import canon
-from tests.wire_cases import CASES, err
+from tests.wire_cases import CASES, err, nested_lists
 
 CASE_IDS = [c[0] for c in CASES]
 CASE_ARGS = [c[1:] for c in CASES]
@@ -360,3 +360,15 @@ def test_qemu_order_reorders_nested_objects_only() -> None:
     assert qemu_order(value) == value
     assert list(qemu_order(value)["x"][0]) == ["a", "b"]  # type: ignore[index]
     assert qemu_order([1, "a", None]) == [1, "a", None]
+
+
+def test_deep_values_encode_and_order() -> None:
+    # QEMU accepts, and echoes, ids nested 1023 deep inside the request.
+    deep = {"id": nested_lists(1023), "d": {"b": {"b": 1, "a": 2}}}
+    assert encode(deep) == b'{"id": ' + b"[" * 1023 + b"]" * 1023 + \
+        b', "d": {"b": {"b": 1, "a": 2}}}\r\n'
+    assert encode(deep) == encode_reference(deep)
+    ordered = qemu_order(deep)
+    assert isinstance(ordered, dict)
+    assert list(ordered["d"]["b"]) == ["a", "b"]
+    assert encode(ordered["id"]) == encode(deep["id"])

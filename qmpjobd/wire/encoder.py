@@ -88,7 +88,10 @@ def encode(obj: object) -> bytes:
 
     :raise TypeError: for anything else.
     """
-    text = "".join(_C_ENCODER(obj, 0))
+    try:
+        text = "".join(_C_ENCODER(obj, 0))
+    except RecursionError:
+        return encode_reference(obj)
     if "\\u" in text:
         text = _ESCAPE_RE.sub(_fix_escape, text)
     if _FLOATISH_RE.search(text):
@@ -125,25 +128,58 @@ def _quote_reference(s: str) -> str:
     return "".join(out)
 
 
+class _Literal:
+    """Text to copy to the output, on the encoder's work stack."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+_CLOSE_DICT: Final = _Literal("}")
+_CLOSE_LIST: Final = _Literal("]")
+_COMMA: Final = _Literal(", ")
+
+
 def _reference(obj: object) -> str:
-    if obj is None:
-        return "null"
-    if obj is True:
-        return "true"
-    if obj is False:
-        return "false"
-    if isinstance(obj, str):
-        return _quote_reference(obj)
-    if isinstance(obj, int):
-        return str(int(obj))
-    if isinstance(obj, float):
-        return format_float(obj)
-    if isinstance(obj, dict):
-        return "{" + ", ".join(
-            _quote_reference(k) + ": " + _reference(v) for k, v in obj.items()) + "}"
-    if isinstance(obj, list | tuple):
-        return "[" + ", ".join(_reference(v) for v in obj) + "]"
-    raise TypeError(f"cannot encode {type(obj).__name__} as QMP JSON")
+    # Iterative: QEMU accepts (and echoes) values nested 1024 deep.
+    out: list[str] = []
+    stack: list[object] = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Literal):
+            out.append(item.text)
+        elif item is None:
+            out.append("null")
+        elif item is True:
+            out.append("true")
+        elif item is False:
+            out.append("false")
+        elif isinstance(item, str):
+            out.append(_quote_reference(item))
+        elif isinstance(item, int):
+            out.append(str(int(item)))
+        elif isinstance(item, float):
+            out.append(format_float(item))
+        elif isinstance(item, dict):
+            out.append("{")
+            stack.append(_CLOSE_DICT)
+            for n, (key, value) in enumerate(reversed(list(item.items()))):
+                if n:
+                    stack.append(_COMMA)
+                stack.append(value)
+                stack.append(_Literal(_quote_reference(key) + ": "))
+        elif isinstance(item, list | tuple):
+            out.append("[")
+            stack.append(_CLOSE_LIST)
+            for n, value in enumerate(reversed(item)):
+                if n:
+                    stack.append(_COMMA)
+                stack.append(value)
+        else:
+            raise TypeError(f"cannot encode {type(item).__name__} as QMP JSON")
+    return "".join(out)
 
 
 def encode_reference(obj: object) -> bytes:

@@ -11,7 +11,7 @@ Part of :mod:`qmpjobd.wire`: no I/O, nothing of jobs or QMP.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["qemu_order"]
 
@@ -31,12 +31,24 @@ def _bucket(key: str) -> int:
 def qemu_order(value: object) -> object:
     """``value`` with every dict's members in QEMU's printing order.
 
-    Lists are rebuilt, other values returned as they are.
+    Dicts and lists are copied, other values returned as they are. Works
+    without recursion: QEMU accepts values nested 1024 deep.
     """
-    if isinstance(value, dict):
-        # Newest first within a bucket, so sort a reversed list stably.
-        keys = sorted(reversed(list(value)), key=_bucket)
-        return {k: qemu_order(value[k]) for k in keys}
-    if isinstance(value, list):
-        return [qemu_order(v) for v in value]
-    return value
+    root: list[object] = [value]
+    # Slots whose content is still an original value: new containers are
+    # made with their members in place, then each member slot is replaced in
+    # turn (assigning to an existing key keeps a dict's order).
+    work: list[tuple[Any, Any]] = [(root, 0)]
+    while work:
+        container, slot = work.pop()
+        item = container[slot]
+        if isinstance(item, dict):
+            # Newest first within a bucket: sort a reversed list, stably.
+            new_dict = {key: item[key] for key in sorted(reversed(list(item)), key=_bucket)}
+            container[slot] = new_dict
+            work.extend((new_dict, key) for key in new_dict)
+        elif isinstance(item, list):
+            new_list = list(item)
+            container[slot] = new_list
+            work.extend((new_list, i) for i in range(len(new_list)))
+    return root[0]
