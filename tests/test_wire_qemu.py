@@ -138,6 +138,8 @@ def test_echoed_ids_are_encoded_like_qemu(qsd: Qsd) -> None:
         b"[[[[]]], [{}], {\"x\": {\"y\": [1, \"z\"]}}]",
         b'{"b":[],"a":1,"c":2,"execute":3,"id":4,"\\u00e9":5,"":6,"\\u0000":7,'
         b'"device":{"node-name":1,"driver":2,"file":3,"size":4,"x":5}}',
+        b"[" * 1023 + b"]" * 1023,
+        b'{"a":' * 1022 + b"{}" + b"}" * 1022,
     ]
     for raw in ids:
         data = b'{"execute":"nope","id":' + raw + b"}"
