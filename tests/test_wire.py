@@ -1,7 +1,7 @@
 """The wire codec: QEMU's reading of every tricky input, in any chunking, and
 QEMU's way of writing JSON.
 
-The expectations in ``wire_cases`` were checked against qemu-storage-daemon
+The expectations in ``test_wire_cases`` were checked against qemu-storage-daemon
 7.2 (``test_wire_qemu.py`` re-checks them when one is installed).
 """
 
@@ -21,8 +21,7 @@ import qmpjobd.wire
 from qmpjobd.wire import Decoder, ParseError, encode, qemu_order
 from qmpjobd.wire.encoder import encode_reference
 from qmpjobd.wire.qemu_json import QemuJsonReader
-from tests.wire_canon import canon
-from tests.wire_cases import CASES, err, nested_lists
+from tests.test_wire_cases import CASES, canon, err, nested_lists
 
 CASE_IDS = [c[0] for c in CASES]
 CASE_ARGS = [c[1:] for c in CASES]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from qmpjobd.wire import Decoder, ParseError
 from qmpjobd.wire.qemu_json import MAX_TOKEN_COUNT, MAX_TOKEN_SIZE
-from tests.wire_canon import canon
+from tests.test_wire_cases import canon
 
 SIZE = ParseError("JSON token size limit exceeded")
 COUNT = ParseError("JSON token count limit exceeded")

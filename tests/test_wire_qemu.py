@@ -1,6 +1,6 @@
 """Differential tests: the decoder and encoder against a live qemu-storage-daemon.
 
-Every case of ``wire_cases.CASES`` is sent to QEMU on a fresh, negotiated
+Every case of ``test_wire_cases.CASES`` is sent to QEMU on a fresh, negotiated
 connection; QEMU's replies must be, byte for byte, what the protocol layer
 will send for the items the decoder yields (encoded with our encoder). After
 each case, ``0xFF`` and a sentinel command are sent; what they produce is
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from qmpjobd.wire import Decoder, ParseError, encode, qemu_order
-from tests.wire_cases import CASES
+from tests.test_wire_cases import CASES
 
 QSD = shutil.which("qemu-storage-daemon")
 pytestmark = [

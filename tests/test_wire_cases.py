@@ -1,10 +1,13 @@
-"""Inputs and what QEMU 7.2 reads from them, shared by the wire tests.
+"""Inputs and what QEMU 7.2 reads from them, shared by the wire tests (no tests here).
 
 Each case is ``(name, input bytes, expected items)``: the decoded values and
 :class:`ParseError` items that :class:`qmpjobd.wire.Decoder` must return when
 fed the input in one piece. The expectations were checked against a live
 qemu-storage-daemon 7.2 (``test_wire_qemu.py`` re-checks them when one is
 installed), through the replies QEMU sends for each item.
+
+:func:`canon` gives decoded items a typed form for exact comparison: Python's
+``==`` says ``1 == 1.0 == True`` and ``0.0 == -0.0``; QEMU does not.
 """
 
 from __future__ import annotations
@@ -165,3 +168,39 @@ CASES: list[tuple[str, bytes, list[object]]] = [
     ("nesting 1025 with object", b"{" + b'"a":' + b"[" * 1024 + b"]" * 1024 + b"}",
      [NESTING] + [err("expecting value")] * 1025),
 ]
+
+
+def canon(item: object) -> object:
+    """Turn a decoded item into nested tuples tagged with exact types."""
+    out: list[object] = []
+    stack: list[object] = [item]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _Close):
+            out.append(v.tag)
+        elif isinstance(v, ParseError):
+            out.append(("error", v.desc))
+        elif isinstance(v, dict):
+            out.append("{")
+            stack.append(_Close("}"))
+            for k, x in reversed(list(v.items())):
+                stack.append(x)
+                stack.append(("key", k))
+        elif isinstance(v, list):
+            out.append("[")
+            stack.append(_Close("]"))
+            stack.extend(reversed(v))
+        elif isinstance(v, tuple):
+            out.append(v)
+        elif isinstance(v, float):
+            out.append(("float", v.hex()))
+        else:
+            out.append((type(v).__name__, v))
+    return tuple(out)
+
+
+class _Close:
+    __slots__ = ("tag",)
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
