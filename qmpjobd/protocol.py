@@ -17,7 +17,7 @@ from typing import Any, Final
 from . import EMULATED_QEMU_VERSION, __version__
 from .errors import ErrorClass, QMPError
 from .events import Event
-from .qdict import qdict_order
+from .qdict import qdict_order, qemu_order
 
 
 class _NoId:
@@ -81,7 +81,10 @@ def check_request(obj: object, *, oob_enabled: bool) -> Request:
     """
     if not isinstance(obj, dict):
         raise RequestError(QMPError("QMP input must be a JSON object"), NO_ID)
+    # QEMU echoes the id re-serialised from its QDict: objects in hash order.
     req_id = obj.get("id", NO_ID)
+    if isinstance(req_id, dict | list):
+        req_id = qemu_order(req_id)
     exec_key: str | None = None
     for name in qdict_order(obj):
         value = obj[name]

@@ -13,6 +13,7 @@ A leaf module: it imports nothing of ours.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 _QDICT_BUCKETS = 512
 # GLib's table of primes for hash tables of 2**shift slots.
@@ -21,7 +22,8 @@ _MIN_SHIFT = 3
 
 
 def _qdict_hash(key: str) -> int:
-    raw = key.encode("utf-8", "surrogatepass")
+    # QEMU hashes the key's modified UTF-8 bytes (NUL as C0 80).
+    raw = key.encode("utf-8", "surrogatepass").replace(b"\0", b"\xc0\x80")
     value = (0x238F13AF * len(raw)) & 0xFFFFFFFF
     for i, byte in enumerate(raw):
         value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
@@ -81,3 +83,29 @@ def first_unexpected(members: Iterable[str], unexpected: Iterable[str]) -> str:
     """
     wanted = set(unexpected)
     return next(key for key in ghash_order(qdict_order(members)) if key in wanted)
+
+
+def qemu_order(value: object) -> object:
+    """``value`` with every dict's members in QEMU's printing order.
+
+    Dicts and lists are copied, other values returned as they are. Works
+    without recursion: QEMU accepts values nested 1024 deep.
+    """
+    root: list[object] = [value]
+    # Slots whose content is still an original value: new containers are
+    # made with their members in place, then each member slot is replaced in
+    # turn (assigning to an existing key keeps a dict's order).
+    work: list[tuple[Any, Any]] = [(root, 0)]
+    while work:
+        container, slot = work.pop()
+        item = container[slot]
+        if isinstance(item, dict):
+            # Newest first within a bucket: sort a reversed list, stably.
+            new_dict = {key: item[key] for key in sorted(reversed(list(item)), key=qdict_bucket)}
+            container[slot] = new_dict
+            work.extend((new_dict, key) for key in new_dict)
+        elif isinstance(item, list):
+            new_list = list(item)
+            container[slot] = new_list
+            work.extend((new_list, i) for i in range(len(new_list)))
+    return root[0]

@@ -7,7 +7,7 @@
   the golden file (a drift in the golden files shows there).
 
 Job scenarios need block support in qmpjobd; they are skipped for qmpjobd
-until its ``query-commands`` lists ``blockdev-add``.
+until its ``query-commands`` lists ``blockdev-backup``.
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ def qmpjobd_commands() -> frozenset[str]:
 
 
 def skip_without_block_support(name: str) -> None:
-    if golden(name)["group"] == GROUP_JOBS and "blockdev-add" not in qmpjobd_commands():
+    if golden(name)["group"] == GROUP_JOBS and "blockdev-backup" not in qmpjobd_commands():
         pytest.skip(
-            "job scenario: needs block support in qmpjobd (no blockdev-add in query-commands)"
+            "job scenario: needs block support in qmpjobd (no blockdev-backup in query-commands)"
         )
 
 

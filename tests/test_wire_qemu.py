@@ -46,8 +46,10 @@ def qemu_reply(item: object) -> bytes:
         reply["id"] = qemu_order(item["id"])
     others = [k for k in item if k not in ("id", "execute")]
     if "execute" in item and not others:
-        reply["error"] = {"class": "CommandNotFound",
-                          "desc": f"The command {item['execute']} has not been found"}
+        reply["error"] = {
+            "class": "CommandNotFound",
+            "desc": f"The command {item['execute']} has not been found",
+        }
     elif not others:
         reply.update(generic("QMP input lacks member 'execute'"))
     else:
@@ -95,7 +97,9 @@ def qsd() -> Iterator[Qsd]:
     path = os.path.join(tmp, "m.sock")
     proc = subprocess.Popen(
         [QSD, "--chardev", f"socket,id=m,path={path},server=on,wait=off", "--monitor", "chardev=m"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(200):
@@ -129,13 +133,13 @@ def test_case_against_qemu(qsd: Qsd, data: bytes, expected: list[object]) -> Non
 def test_echoed_ids_are_encoded_like_qemu(qsd: Qsd) -> None:
     # QEMU re-serialises the id it echoes: our encoder must print it the same.
     ids = [
-        b'[0.1,1e5,-0.0,-0,1e400,-1e400,18446744073709551615,18446744073709551616,'
+        b"[0.1,1e5,-0.0,-0,1e400,-1e400,18446744073709551615,18446744073709551616,"
         b"-9223372036854775808,-9223372036854775809,5e-324,1.5,1.7976931348623157e308,"
         b"123456789012345678901234567890,0.30000000000000004,100,1e21,1e-7,123.456]",
         b'["\\u00e9\\ud83d\\ude00\\u007f\\b\\f/\\u0000\\u001f\\"\\\\\\\'\\n\\r\\t", {}, [], '
         b'{"b":[]}, true, false, null, "\\u0080\\u00ff\\u0100\\uFFFD\\u2028"]',
         b'"\xc3\xa9\xf0\x9f\x98\x80\x7f\xc0\x80\xe2\x80\xa8"',
-        b"[[[[]]], [{}], {\"x\": {\"y\": [1, \"z\"]}}]",
+        b'[[[[]]], [{}], {"x": {"y": [1, "z"]}}]',
         b'{"b":[],"a":1,"c":2,"execute":3,"id":4,"\\u00e9":5,"":6,"\\u0000":7,'
         b'"device":{"node-name":1,"driver":2,"file":3,"size":4,"x":5}}',
         b"[" * 1023 + b"]" * 1023,
@@ -147,23 +151,40 @@ def test_echoed_ids_are_encoded_like_qemu(qsd: Qsd) -> None:
         assert qsd.exchange(data, b'"error"') == [qemu_reply(item)]
 
 
-@pytest.mark.skipif(not os.environ.get("QMPJOBD_SLOW_QEMU_TESTS"),
-                    reason="QEMU reads its monitor a byte at a time: 200 MB take minutes")
+@pytest.mark.skipif(
+    not os.environ.get("QMPJOBD_SLOW_QEMU_TESTS"),
+    reason="QEMU reads its monitor a byte at a time: 200 MB take minutes",
+)
 def test_token_size_limit_against_qemu(qsd: Qsd) -> None:
     size = 64 << 20
-    check(qsd, b'"' + b"a" * (size - 3) + b'"]', [
-        "a" * (size - 3), ParseError("JSON parse error, expecting value")])
-    check(qsd, b'["' + b"a" * (size - 2) + b'"]', [
-        ParseError("JSON token size limit exceeded"),
-        ParseError("JSON parse error, expecting value")])
-    check(qsd, b'"' + b"a" * size + b'b c"x', [
-        ParseError("JSON token size limit exceeded"),
-        ParseError("JSON parse error, invalid keyword 'b'"),
-        ParseError("JSON parse error, invalid keyword 'c'")])
+    check(
+        qsd,
+        b'"' + b"a" * (size - 3) + b'"]',
+        ["a" * (size - 3), ParseError("JSON parse error, expecting value")],
+    )
+    check(
+        qsd,
+        b'["' + b"a" * (size - 2) + b'"]',
+        [
+            ParseError("JSON token size limit exceeded"),
+            ParseError("JSON parse error, expecting value"),
+        ],
+    )
+    check(
+        qsd,
+        b'"' + b"a" * size + b'b c"x',
+        [
+            ParseError("JSON token size limit exceeded"),
+            ParseError("JSON parse error, invalid keyword 'b'"),
+            ParseError("JSON parse error, invalid keyword 'c'"),
+        ],
+    )
 
 
-@pytest.mark.skipif(not os.environ.get("QMPJOBD_SLOW_QEMU_TESTS"),
-                    reason="QEMU reads its monitor a byte at a time: 8 MB take 30 s")
+@pytest.mark.skipif(
+    not os.environ.get("QMPJOBD_SLOW_QEMU_TESTS"),
+    reason="QEMU reads its monitor a byte at a time: 8 MB take 30 s",
+)
 def test_token_count_limit_against_qemu(qsd: Qsd) -> None:
     count = 2 << 20
     # "[[]," then 2**20 - 3 times "0," then "0]": exactly 2 Mi tokens.
@@ -171,5 +192,12 @@ def test_token_count_limit_against_qemu(qsd: Qsd) -> None:
     check(qsd, ok, [[[], *[0] * (count // 2 - 2)]])
     # One more token: the last ',' is refused; '0' and ']' are read afresh.
     over = b"[" + b"0," * (count // 2) + b"0]"
-    check(qsd, over, [ParseError("JSON token count limit exceeded"), 0,
-                      ParseError("JSON parse error, expecting value")])
+    check(
+        qsd,
+        over,
+        [
+            ParseError("JSON token count limit exceeded"),
+            0,
+            ParseError("JSON parse error, expecting value"),
+        ],
+    )

@@ -78,7 +78,9 @@ def _no_constant(name: str) -> Any:
 
 def _scanner(parse_int: Callable[[str], Any] | None) -> Callable[[str, int], tuple[Any, int]]:
     decoder = json.JSONDecoder(
-        object_pairs_hook=_object_pairs, parse_constant=_no_constant, parse_int=parse_int,
+        object_pairs_hook=_object_pairs,
+        parse_constant=_no_constant,
+        parse_int=parse_int,
         strict=True,
     )
     scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
@@ -166,7 +168,7 @@ class Decoder:
             try:
                 text = chunk.decode("utf-8")
             except UnicodeDecodeError as exc:
-                text = chunk[:exc.start].decode("utf-8")
+                text = chunk[: exc.start].decode("utf-8")
             suspect_re = _SUSPECT_RE
         end_of_text = len(text)
         # Where the next suspect text and the next long digit run are; looked
@@ -190,8 +192,9 @@ class Decoder:
             except (StopIteration, ValueError, RecursionError):
                 break
             if end - i > _NESTING_CHECK_CHARS and (
-                    end - i > _FAST_MAX_CHARS
-                    or text.count("{", i, end) + text.count("[", i, end) > MAX_NESTING):
+                end - i > _FAST_MAX_CHARS
+                or text.count("{", i, end) + text.count("[", i, end) > MAX_NESTING
+            ):
                 break
             if suspect_at < i:
                 found = suspect_re.search(text, i)

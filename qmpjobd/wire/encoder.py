@@ -105,7 +105,13 @@ def encode(obj: object) -> bytes:
 # --- a plain, slow model of QEMU's writer, for tests to compare against -----
 
 _SHORT_ESCAPES: Final = {
-    '"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
 }
 
 

@@ -184,8 +184,15 @@ def _self_loop_runs() -> dict[int, re.Pattern[bytes]]:
     Consuming such a run in one step is the same as feeding it byte by byte.
     """
     runs: dict[int, re.Pattern[bytes]] = {}
-    for state in (RECOVERY, DQ_STRING, SQ_STRING, DIGITS, MANTISSA_DIGITS, EXP_DIGITS,
-                  KEYWORD_CHARS):
+    for state in (
+        RECOVERY,
+        DQ_STRING,
+        SQ_STRING,
+        DIGITS,
+        MANTISSA_DIGITS,
+        EXP_DIGITS,
+        KEYWORD_CHARS,
+    ):
         members = bytes(b for b in range(256) if _TABLE[state][b] == state)
         runs[state] = re.compile(b"[" + b"".join(b"\\x%02x" % b for b in members) + b"]+")
     return runs
@@ -207,8 +214,12 @@ _START_TOKEN_RE: Final = re.compile(
     rb"|(?P<kw>[a-z]++)(?=[^a-z])"
 )
 _PUNCT_TYPES: Final = {
-    ord("{"): LCURLY, ord("}"): RCURLY, ord("["): LSQUARE, ord("]"): RSQUARE,
-    ord(":"): COLON, ord(","): COMMA,
+    ord("{"): LCURLY,
+    ord("}"): RCURLY,
+    ord("["): LSQUARE,
+    ord("]"): RSQUARE,
+    ord(":"): COLON,
+    ord(","): COMMA,
 }
 # Token kind for each group of _START_TOKEN_RE, by group number.
 _WS: Final = -1
@@ -240,14 +251,21 @@ def json_integer(text: str) -> int | float:
 
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES: Final = {
-    ord('"'): '"', ord("'"): "'", ord("\\"): "\\", ord("/"): "/", ord("b"): "\b",
-    ord("f"): "\f", ord("n"): "\n", ord("r"): "\r", ord("t"): "\t",
+    ord('"'): '"',
+    ord("'"): "'",
+    ord("\\"): "\\",
+    ord("/"): "/",
+    ord("b"): "\b",
+    ord("f"): "\f",
+    ord("n"): "\n",
+    ord("r"): "\r",
+    ord("t"): "\t",
 }
 
 
 def _hex4(data: bytes, pos: int) -> int:
     """QEMU's cvt4hex: four hex digits at ``pos``, or -1."""
-    chunk = data[pos:pos + 4]
+    chunk = data[pos : pos + 4]
     if len(chunk) < 4 or not all(c in _HEX for c in chunk):
         return -1
     return int(chunk, 16)
@@ -289,7 +307,7 @@ def _parse_string(token: bytes) -> str:
             continue
         cp = _hex4(token, slash + 2)
         pos = slash + 6
-        if 0xD800 <= cp <= 0xDBFF and token[pos:pos + 2] == b"\\u":
+        if 0xD800 <= cp <= 0xDBFF and token[pos : pos + 2] == b"\\u":
             trailing = _hex4(token, pos + 2)
             if 0xDC00 <= trailing <= 0xDFFF:
                 cp = 0x10000 + ((cp & 0x3FF) << 10) | (trailing & 0x3FF)
@@ -435,8 +453,9 @@ class QemuJsonReader:
         """True between messages: nothing half-read, nothing collected."""
         return self._state == START and not self._tokens and not self._token
 
-    def feed(self, data: bytes, out: list[object], pos: int = 0,
-             stop_when_idle: bool = False) -> int:
+    def feed(
+        self, data: bytes, out: list[object], pos: int = 0, stop_when_idle: bool = False
+    ) -> int:
         """Read ``data[pos:]``, appending results to ``out``.
 
         With ``stop_when_idle``, stop as soon as the reader is idle again after
@@ -448,8 +467,13 @@ class QemuJsonReader:
         token = self._token
         begin = pos
         while pos < n:
-            if stop_when_idle and pos > begin and self._state == START and not token \
-                    and not self._tokens:
+            if (
+                stop_when_idle
+                and pos > begin
+                and self._state == START
+                and not token
+                and not self._tokens
+            ):
                 return pos
             state = self._state
             if state == START:
@@ -582,8 +606,7 @@ class QemuJsonReader:
         elif kind == RSQUARE:
             self._bracket -= 1
         elif kind == ERROR:
-            self._emit(ParseError(
-                "JSON parse error, stray '" + c_string_to_text(text) + "'"), out)
+            self._emit(ParseError("JSON parse error, stray '" + c_string_to_text(text) + "'"), out)
             return
         if self._token_size + len(text) + 1 > MAX_TOKEN_SIZE:
             self._emit(ParseError("JSON token size limit exceeded"), out)
