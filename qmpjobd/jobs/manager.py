@@ -524,14 +524,17 @@ class JobManager:
     # ------------------------------------------------ drain, quit, shutdown
 
     @contextlib.asynccontextmanager
-    async def drained(self) -> AsyncIterator[None]:
+    async def drained(self, which: Callable[[Job], bool] | None = None) -> AsyncIterator[None]:
         """A drained section: every job that can pause is paused while inside.
 
         Entering raises the pause count of every job whose run has not ended
-        and waits until each one has parked (or is not busy, or has ended);
-        jobs created inside are paused too. Leaving drops those pauses.
+        (only those ``which`` selects, when given: QEMU drains one node's
+        users) and waits until each one has parked (or is not busy, or has
+        ended); jobs created inside are paused too. Leaving drops those pauses.
         """
-        section: list[Job] = [job for job in self._jobs if not job.completed]
+        section: list[Job] = [
+            job for job in self._jobs if not job.completed and (which is None or which(job))
+        ]
         self._drain_sections.append(section)
         try:
             for job in section:
