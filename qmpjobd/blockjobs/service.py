@@ -95,7 +95,7 @@ class BlockJobService:
 
         driver.hold(release)
 
-    def _users_of(self, node: BlockNode) -> Any:
+    def _users_of(self, node: BlockNode) -> contextlib.AbstractAsyncContextManager[None]:
         def uses(job: Job) -> bool:
             return isinstance(job.driver, BlockJobDriver) and node in job.driver.nodes
 
@@ -148,7 +148,8 @@ class BlockJobService:
             pass  # QEMU drains every node before a transaction's actions
         txn = Transaction(grouped=True) if grouped else None
         created: list[Job] = []
-        async with contextlib.AsyncExitStack() as sections:
+        sections: list[contextlib.AbstractAsyncContextManager[None]] = []
+        try:
             try:
                 for kind, data in actions:
                     if kind == "abort":
@@ -161,21 +162,32 @@ class BlockJobService:
                 raise
             for job in created:
                 self.jobs.start(job)
+        finally:
+            # Like QEMU's clean step, the drained sections end in action order.
+            for section in sections:
+                await section.__aexit__(None, None, None)
+
+    async def _drain_users(
+        self, node: BlockNode, sections: list[contextlib.AbstractAsyncContextManager[None]]
+    ) -> None:
+        section = self._users_of(node)
+        await section.__aenter__()
+        sections.append(section)
 
     async def _backup_action(
         self,
         kind: str,
         args: Mapping[str, Any],
         txn: Transaction | None,
-        sections: contextlib.AsyncExitStack,
+        sections: list[contextlib.AbstractAsyncContextManager[None]],
     ) -> Job:
         if kind == "blockdev-backup":
             source = self.graph.lookup(args["device"])
             target = self.graph.lookup(args["target"])
-            await sections.enter_async_context(self._users_of(source))
+            await self._drain_users(source, sections)
             return self._backup_common(args, source, target, txn, None, zero_target=False)
         source = self.graph.lookup(args["device"])
-        await sections.enter_async_context(self._users_of(source))
+        await self._drain_users(source, sections)
         mode = args.get("mode", "absolute-paths")
         fmt: str | None = args.get("format")
         if fmt is None and mode != "existing":

@@ -79,6 +79,12 @@ def _has_concluded(job: Job) -> Callable[[], bool]:
     return lambda: job.status in (JobStatus.CONCLUDED, JobStatus.NULL)
 
 
+@dataclass(slots=True)
+class _DrainSection:
+    which: Callable[[Job], bool] | None
+    jobs: list[Job]
+
+
 class JobManager:
     """The registry of jobs and the verbs that steer them.
 
@@ -91,7 +97,7 @@ class JobManager:
         self.clock = clock
         self._jobs: list[Job] = []  # newest first
         self._tasks: dict[Job, asyncio.Task[None]] = {}
-        self._drain_sections: list[list[Job]] = []
+        self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------- JobHost protocol
@@ -209,7 +215,12 @@ class JobManager:
         set_status(job, JobStatus.CREATED)
         # A job created inside a drained section is paused by it too.
         for section in self._drain_sections:
-            section.append(job)
+            if section.which is None:
+                section.jobs.append(job)
+            elif section.which(job):
+                section.jobs.insert(0, job)
+            else:
+                continue
             job.pause_count += 1
         try:
             self.set_speed(job, speed)
@@ -532,18 +543,21 @@ class JobManager:
         users) and waits until each one has parked (or is not busy, or has
         ended); jobs created inside are paused too. Leaving drops those pauses.
         """
-        section: list[Job] = [
-            job for job in self._jobs if not job.completed and (which is None or which(job))
-        ]
+        if which is None:
+            # QEMU drains every node in turn: the oldest job pauses first.
+            section = _DrainSection(None, [j for j in reversed(self._jobs) if not j.completed])
+        else:
+            # One node's users, newest first (jobs created inside come first).
+            section = _DrainSection(which, [j for j in self._jobs if not j.completed and which(j)])
         self._drain_sections.append(section)
         try:
-            for job in section:
+            for job in section.jobs:
                 job._pause()
-            await self._wait_for(lambda: all(not j.busy or j.completed for j in section))
+            await self._wait_for(lambda: all(not j.busy or j.completed for j in section.jobs))
             yield
         finally:
             self._drain_sections.remove(section)
-            for job in section:
+            for job in section.jobs:
                 job._resume()
 
     async def cancel_all(self) -> None:
