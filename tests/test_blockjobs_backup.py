@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from qmpjobd.app import App
-
 from .test_blockjobs_support import JobClient, sha256, write_random, write_sparse
 
 pytestmark = pytest.mark.timeout(20)
