@@ -6,6 +6,7 @@ Event sequences and texts as recorded from qemu-storage-daemon 7.2.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def done(job: str, length: int, kind: str = "backup") -> dict[str, Any]:
 
 
 @pytest.fixture
-async def c(sock: Path) -> Any:
+async def c(sock: Path) -> AsyncIterator[JobClient]:
     client = await JobClient.connect(sock)
     yield client
     await client.close()

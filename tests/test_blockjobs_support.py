@@ -49,9 +49,9 @@ class JobClient:
         assert "error" in reply, reply
         return reply["error"]["class"], reply["error"]["desc"]
 
-    async def wait_for(self, *event: Any, timeout: float = 10.0) -> None:
-        """Record events until one equal to ``event`` arrived."""
-        while event not in self.events:
+    async def wait_for(self, *event: Any, count: int = 1, timeout: float = 10.0) -> None:
+        """Record events until ``count`` events equal to ``event`` arrived."""
+        while self.events.count(event) < count:
             message = await self.raw.recv(timeout)
             if "event" in message:
                 self.events.append(compact(message))

@@ -7,15 +7,23 @@ replies).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .test_blockjobs_backup import J, add_file, add_null, blip, c, done  # noqa: F401
+from .test_blockjobs_backup import J, add_file, add_null, done
 from .test_blockjobs_support import JobClient, write_random
 
 pytestmark = pytest.mark.timeout(20)
+
+
+@pytest.fixture
+async def c(sock: Path) -> AsyncIterator[JobClient]:
+    client = await JobClient.connect(sock)
+    yield client
+    await client.close()
 
 
 def backup(job: str, device: str, target: str, **extra: Any) -> dict[str, Any]:
