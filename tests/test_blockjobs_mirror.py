@@ -365,3 +365,36 @@ async def test_blockdev_create_errors(c: JobClient, tmp_path: Path) -> None:
         J("aborting", "c"),
         J("concluded", "c"),
     ]
+
+
+async def test_drive_targets_respect_allow_path(sock_dir: Path, tmp_path: Path) -> None:
+    from qmpjobd.app import App, Config
+
+    allowed = tmp_path / "ok"
+    allowed.mkdir()
+    daemon = App(Config(sockets=[sock_dir / "a.sock"], allow_paths=[allowed]))
+    await daemon.start()
+    client = await JobClient.connect(sock_dir / "a.sock")
+    try:
+        src = allowed / "src.img"
+        write_random(src, 65536)
+        await add_file(client, "s", src)
+        outside = tmp_path / "out.img"
+        text = f"Path '{outside}' is not under an allowed directory"
+        for command in ("drive-backup", "drive-mirror"):
+            assert await client.error(
+                command, device="s", target=str(outside), sync="full", **{"job-id": "j"}
+            ) == ("GenericError", text)
+        assert not outside.exists()
+        await client.ok(
+            "drive-backup",
+            device="s",
+            target=str(allowed / "b.img"),
+            sync="full",
+            **{"job-id": "b"},
+        )
+        await client.wait_for("J", "null", "b")
+        assert sha256(allowed / "b.img") == sha256(src)
+    finally:
+        await client.close()
+        await daemon.shutdown()
