@@ -243,17 +243,19 @@ async def test_source_report(c: JobClient, tmp_path: Path) -> None:
     ]
 
 
-async def test_read_only_target_fails_the_job(c: JobClient, src: Path, tmp_path: Path) -> None:
+async def test_read_only_target_is_refused(c: JobClient, src: Path, tmp_path: Path) -> None:
     tgt = tmp_path / "ro.img"
     tgt.write_bytes(bytes(NODE))
     await add_file(c, "t", tgt, **{"read-only": True})
-    await c.ok("blockdev-backup", device="s", target="t", sync="full", **{"job-id": "ro"})
-    await c.wait_for("J", "null", "ro")
-    events = c.take()
-    assert error("ro", "write", "report") in events
-    completed = [e for e in events if e[0] == "BLOCK_JOB_COMPLETED"]
-    assert completed[0][1]["error"] == "Operation not permitted"
-    assert tgt.read_bytes() == bytes(NODE)
+    args = {"job-id": "ro", "device": "s", "target": "t", "sync": "full"}
+    assert await c.error("blockdev-backup", **args) == (
+        "GenericError",
+        "Could not create node: Block node is read-only",
+    )
+    assert c.take() == []
+    assert await c.error("blockdev-mirror", **args) == ("GenericError", "Block node is read-only")
+    assert c.take() == [J("created", "ro"), J("null", "ro")]
+    await c.ok("blockdev-del", **{"node-name": "t"})
 
 
 # ------------------------------------------------------------- rate limit

@@ -253,6 +253,8 @@ class BlockJobService:
             raise QMPError("max-chunk must be zero (which means no limit) or positive")
         if source.size != target.size:
             raise QMPError("Source and target image have different sizes")
+        if target.read_only:
+            raise QMPError("Could not create node: Block node is read-only")
         driver = BackupDriver(
             source,
             target,
@@ -374,6 +376,10 @@ class BlockJobService:
             auto_finalize=args.get("auto-finalize", True),
             auto_dismiss=args.get("auto-dismiss", True),
         )
+        if target.read_only:
+            # The job exists before it asks for write access to its target.
+            self.jobs.discard(job)
+            raise QMPError("Block node is read-only")
         if target_ref is not None:
             driver.hold(target_ref.release)
         driver.hold(source.block_job("mirror").release)

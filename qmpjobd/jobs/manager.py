@@ -229,6 +229,22 @@ class JobManager:
             raise
         return job
 
+    def discard(self, job: Job) -> None:
+        """Drop a job whose creation failed after it was created (CREATED -> NULL).
+
+        What QEMU does when a job cannot get hold of its nodes: no cancel,
+        no ``aborting``, just ``null``.
+
+        :raise JobStateError: the job is not in CREATED (a bug).
+        """
+        if job.status is not JobStatus.CREATED or job._started:
+            raise JobStateError(f"job {job.id!r} cannot be discarded in {job.status.value}")
+        for section in self._drain_sections:
+            if job in section.jobs:
+                section.jobs.remove(job)
+                job.pause_count -= 1
+        self._early_fail(job)
+
     def _early_fail(self, job: Job) -> None:
         with contextlib.suppress(ValueError):
             job.txn.jobs.remove(job)
