@@ -347,3 +347,22 @@ async def test_drive_backup(c: JobClient, tmp_path: Path) -> None:
     # The target node was the job's: it is gone with it.
     names = [n["node-name"] for n in await c.ok("query-named-block-nodes")]
     assert names == ["s"]
+
+
+async def test_quit_cancels_running_backup(c: JobClient) -> None:
+    await add_null(c, "a")
+    await add_null(c, "b")
+    await c.ok("blockdev-backup", device="a", target="b", sync="none", **{"job-id": "q"})
+    c.take()
+    await c.ok("quit")
+    assert c.take() == [
+        J("paused", "q"),
+        J("running", "q"),
+        J("aborting", "q"),
+        (
+            "BLOCK_JOB_CANCELLED",
+            {"device": "q", "len": 1048576, "offset": 0, "speed": 0, "type": "backup"},
+        ),
+        J("concluded", "q"),
+        J("null", "q"),
+    ]

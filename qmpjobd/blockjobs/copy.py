@@ -31,7 +31,7 @@ from typing import TypeVar
 from ..block import BlockNode
 from ..jobs import IoOperation, Job
 from .policy import OnError, error_action
-from .ratelimit import RateLimiter
+from .ratelimit import SLICE_SECONDS, RateLimiter
 
 #: QEMU's default cluster size for backup: progress moves in these units.
 CLUSTER = 64 * 1024
@@ -149,8 +149,13 @@ class Copier:
 
     @property
     def chunk(self) -> int:
-        """Bytes per step: a cluster while rate limited, else a larger chunk."""
-        return CLUSTER if self.limiter.speed else MAX_CHUNK
+        """Bytes per step: at most one time slice's quota (whole clusters,
+        at least one) while rate limited, else a larger chunk."""
+        speed = self.limiter.speed
+        if not speed:
+            return MAX_CHUNK
+        quota = int(speed * SLICE_SECONDS) // CLUSTER * CLUSTER
+        return min(MAX_CHUNK, max(CLUSTER, quota))
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         loop = asyncio.get_running_loop()
