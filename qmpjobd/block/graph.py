@@ -317,6 +317,30 @@ class BlockGraph:
             if line.strip() and not line.lstrip().startswith("#"):
                 raise QMPError("blkdebug config file rules are not supported; use inject-error")
 
+    def open_implicit(self, options: dict[str, Any]) -> NodeReference:
+        """Open a node the way a command opens its own target (drive-backup,
+        drive-mirror): a ``node-name`` is optional, the node is not owned by
+        the monitor, and it goes away when the returned reference is released.
+
+        :raise QMPError: any error ``blockdev-add`` would give for ``options``.
+        """
+        opened: list[BlockNode] = []
+        try:
+            node = self._open(options, None, opened)
+        except BaseException:
+            self._pending.clear()
+            for n in reversed(opened):
+                self._forget(n)
+                for child in n.children.values():
+                    if child not in opened:
+                        child.refcnt -= 1
+            raise
+        return self.reference(node)
+
+    def has_parents(self, node: BlockNode) -> bool:
+        """Whether another node uses ``node`` as a child."""
+        return any(node in other.children.values() for other in self._nodes.values())
+
     # -- blockdev-del -----------------------------------------------------
 
     def delete(self, node_name: str) -> None:
@@ -328,6 +352,8 @@ class BlockGraph:
         node = self._nodes.get(node_name)
         if node is None:
             raise QMPError(f"Failed to find node with node-name='{node_name}'")
+        if node.backends:
+            raise QMPError(f"Node {node_name} is in use")
         reason = node.busy_reason
         if reason is not None:
             raise QMPError(

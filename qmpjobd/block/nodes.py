@@ -114,6 +114,9 @@ class BlockNode:
         self.refcnt = 0
         self.closed = False
         self._blockers: list[JobBlocker] = []
+        #: block backends attached to the node (a mirror's target): blockdev-del
+        #: then answers "Node %s is in use"
+        self.backends = 0
         self._order = 0  # position in the graph, set when the node gets its name
 
     def __repr__(self) -> str:

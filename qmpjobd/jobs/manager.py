@@ -79,6 +79,12 @@ def _has_concluded(job: Job) -> Callable[[], bool]:
     return lambda: job.status in (JobStatus.CONCLUDED, JobStatus.NULL)
 
 
+@dataclass(slots=True)
+class _DrainSection:
+    which: Callable[[Job], bool] | None
+    jobs: list[Job]
+
+
 class JobManager:
     """The registry of jobs and the verbs that steer them.
 
@@ -91,7 +97,7 @@ class JobManager:
         self.clock = clock
         self._jobs: list[Job] = []  # newest first
         self._tasks: dict[Job, asyncio.Task[None]] = {}
-        self._drain_sections: list[list[Job]] = []
+        self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------- JobHost protocol
@@ -209,7 +215,12 @@ class JobManager:
         set_status(job, JobStatus.CREATED)
         # A job created inside a drained section is paused by it too.
         for section in self._drain_sections:
-            section.append(job)
+            if section.which is None:
+                section.jobs.append(job)
+            elif section.which(job):
+                section.jobs.insert(0, job)
+            else:
+                continue
             job.pause_count += 1
         try:
             self.set_speed(job, speed)
@@ -217,6 +228,22 @@ class JobManager:
             self._early_fail(job)
             raise
         return job
+
+    def discard(self, job: Job) -> None:
+        """Drop a job whose creation failed after it was created (CREATED -> NULL).
+
+        What QEMU does when a job cannot get hold of its nodes: no cancel,
+        no ``aborting``, just ``null``.
+
+        :raise JobStateError: the job is not in CREATED (a bug).
+        """
+        if job.status is not JobStatus.CREATED or job._started:
+            raise JobStateError(f"job {job.id!r} cannot be discarded in {job.status.value}")
+        for section in self._drain_sections:
+            if job in section.jobs:
+                section.jobs.remove(job)
+                job.pause_count -= 1
+        self._early_fail(job)
 
     def _early_fail(self, job: Job) -> None:
         with contextlib.suppress(ValueError):
@@ -524,23 +551,29 @@ class JobManager:
     # ------------------------------------------------ drain, quit, shutdown
 
     @contextlib.asynccontextmanager
-    async def drained(self) -> AsyncIterator[None]:
+    async def drained(self, which: Callable[[Job], bool] | None = None) -> AsyncIterator[None]:
         """A drained section: every job that can pause is paused while inside.
 
         Entering raises the pause count of every job whose run has not ended
-        and waits until each one has parked (or is not busy, or has ended);
-        jobs created inside are paused too. Leaving drops those pauses.
+        (only those ``which`` selects, when given: QEMU drains one node's
+        users) and waits until each one has parked (or is not busy, or has
+        ended); jobs created inside are paused too. Leaving drops those pauses.
         """
-        section: list[Job] = [job for job in self._jobs if not job.completed]
+        if which is None:
+            # QEMU drains every node in turn: the oldest job pauses first.
+            section = _DrainSection(None, [j for j in reversed(self._jobs) if not j.completed])
+        else:
+            # One node's users, newest first (jobs created inside come first).
+            section = _DrainSection(which, [j for j in self._jobs if not j.completed and which(j)])
         self._drain_sections.append(section)
         try:
-            for job in section:
+            for job in section.jobs:
                 job._pause()
-            await self._wait_for(lambda: all(not j.busy or j.completed for j in section))
+            await self._wait_for(lambda: all(not j.busy or j.completed for j in section.jobs))
             yield
         finally:
             self._drain_sections.remove(section)
-            for job in section:
+            for job in section.jobs:
                 job._resume()
 
     async def cancel_all(self) -> None:
