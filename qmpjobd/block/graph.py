@@ -137,17 +137,7 @@ class BlockGraph:
         """
         if "node-name" not in options:
             raise QMPError("'node-name' must be specified for the root node")
-        opened: list[BlockNode] = []
-        try:
-            node = self._open(options, None, opened)
-        except BaseException:
-            self._pending.clear()
-            for n in reversed(opened):
-                self._forget(n)
-                for child in n.children.values():
-                    if child not in opened:
-                        child.refcnt -= 1
-            raise
+        node = self._open_tree(options)
         node.monitor_owned = True
         node.refcnt += 1
         return node
@@ -324,9 +314,14 @@ class BlockGraph:
 
         :raise QMPError: any error ``blockdev-add`` would give for ``options``.
         """
+        node = self._open_tree(options)
+        return self.reference(node)
+
+    def _open_tree(self, options: dict[str, Any]) -> BlockNode:
+        """Open a node and its nested children; on failure, undo every open."""
         opened: list[BlockNode] = []
         try:
-            node = self._open(options, None, opened)
+            return self._open(options, None, opened)
         except BaseException:
             self._pending.clear()
             for n in reversed(opened):
@@ -335,7 +330,6 @@ class BlockGraph:
                     if child not in opened:
                         child.refcnt -= 1
             raise
-        return self.reference(node)
 
     def has_parents(self, node: BlockNode) -> bool:
         """Whether another node uses ``node`` as a child."""
