@@ -254,3 +254,56 @@ async def test_second_daemon_on_same_path_refuses_to_start(sock_dir: Path) -> No
         proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+async def test_client_vanishing_mid_command_loses_no_job(app: App, sock: Path) -> None:
+    client = await RawClient.connect(sock)
+    for name in ("src", "tgt"):
+        reply = await client.execute(
+            "blockdev-add", {"driver": "null-co", "node-name": name, "size": 1 << 20}
+        )
+        assert reply == {"return": {}}
+    # blockdev-backup drains jobs before its reply: vanish while it runs.
+    await client.send(
+        {
+            "execute": "blockdev-backup",
+            "arguments": {
+                "job-id": "bk",
+                "device": "src",
+                "target": "tgt",
+                "sync": "none",
+                "auto-dismiss": False,
+            },
+        }
+    )
+    client.writer.transport.abort()
+    await client.close()
+    other = await RawClient.connect(sock)
+    jobs = (await other.execute("query-jobs"))["return"]
+    assert [(j["id"], j["status"]) for j in jobs] == [("bk", "running")]
+    assert await other.execute("job-cancel", {"id": "bk"}) == {"return": {}}
+    events = [(e["event"], e["data"].get("status")) for e in await other.quiet()]
+    assert events == [
+        ("JOB_STATUS_CHANGE", "aborting"),
+        ("BLOCK_JOB_CANCELLED", None),
+        ("JOB_STATUS_CHANGE", "concluded"),
+    ]
+    await other.close()
+
+
+async def test_deep_and_large_messages_leave_the_session_usable(sock: Path) -> None:
+    client = await RawClient.connect(sock)
+    # 1 MiB of arguments: a normal argument error, then the session goes on.
+    big = {"execute": "query-version", "arguments": {"x": "y" * (1 << 20)}}
+    assert await client.execute(big["execute"], big["arguments"]) == {
+        "error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"}
+    }
+    # Nesting over QEMU's limit: one limit error, then the parser resynchronises.
+    await client.send_raw(b"{" + b'"a":' + b"[" * 1030 + b"]" * 1030 + b"}")
+    first = await client.recv()
+    assert first == {
+        "error": {"class": "GenericError", "desc": "JSON nesting depth limit exceeded"}
+    }
+    await client.quiet(0.3)
+    assert (await client.execute("query-version", id=1))["id"] == 1
+    await client.close()
