@@ -62,6 +62,10 @@ class Request:
     oob: bool
 
 
+_PLAIN_MEMBERS: Final = frozenset({"execute", "arguments", "id"})
+_EMPTY: Final[dict[str, Any]] = {}
+
+
 class RequestError(Exception):
     """An envelope error: the error to send and the id to echo (or NO_ID)."""
 
@@ -85,6 +89,15 @@ def check_request(obj: object, *, oob_enabled: bool) -> Request:
     req_id = obj.get("id", NO_ID)
     if isinstance(req_id, dict | list):
         req_id = qemu_order(req_id)
+    # The common, well-formed request needs no member ordering at all.
+    command = obj.get("execute")
+    arguments = obj.get("arguments", _EMPTY)
+    if (
+        type(command) is str
+        and type(arguments) is dict
+        and obj.keys() <= _PLAIN_MEMBERS
+    ):
+        return Request(command, arguments if arguments is not _EMPTY else {}, req_id, False)
     exec_key: str | None = None
     for name in qdict_order(obj):
         value = obj[name]

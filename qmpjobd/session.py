@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
+from types import CoroutineType
 from typing import Any, Protocol
 
 from . import protocol, wire
@@ -69,6 +70,7 @@ class Session(asyncio.Protocol):
         self._busy = False
         self._reading_paused = False
         self._eof = False
+        self._batch: list[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._after_reply: list[Callable[[], None]] = []
         self.closed = asyncio.get_running_loop().create_future()
@@ -123,7 +125,18 @@ class Session(asyncio.Protocol):
         self.write(wire.encode(message))
 
     def write(self, data: bytes) -> None:
-        """Write bytes, or drop a client whose unread backlog is over the bound."""
+        """Write bytes, or drop a client whose unread backlog is over the bound.
+
+        While a batch of requests is being answered, output is gathered and
+        written once at the end of the batch (one system call, not one per
+        reply); everything still goes out in the order it was produced.
+        """
+        if self._batch is not None:
+            self._batch.append(data)
+            return
+        self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or self.runstate is Runstate.CLOSED or transport.is_closing():
             return
@@ -153,9 +166,15 @@ class Session(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Run queued requests in order until one must be awaited."""
-        while self._queue and not self._busy and self.runstate is not Runstate.CLOSED:
-            item = self._queue.popleft()
-            self._run_one(item)
+        if self._queue and self._batch is None:
+            self._batch = []
+            try:
+                while self._queue and not self._busy and self.runstate is not Runstate.CLOSED:
+                    self._run_one(self._queue.popleft())
+            finally:
+                batch, self._batch = self._batch, None
+                if batch:
+                    self._write_now(b"".join(batch))
         if self._eof and not self._busy and not self._queue:
             self.close()
             return
@@ -192,7 +211,7 @@ class Session(asyncio.Protocol):
             log.exception("command %s failed", request.command)
             self._reply_error(table, QMPError("Internal error"), request.id)
             return
-        if asyncio.iscoroutine(result):
+        if type(result) is CoroutineType:  # an async handler
             self._busy = True
             self._task = asyncio.get_running_loop().create_task(
                 self._finish(table, request, result)
