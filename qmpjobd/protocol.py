@@ -98,6 +98,11 @@ def check_request(obj: object, *, oob_enabled: bool) -> Request:
         and obj.keys() <= _PLAIN_MEMBERS
     ):
         return Request(command, arguments if arguments is not _EMPTY else {}, req_id, False)
+    return _check_in_qemu_order(obj, req_id, oob_enabled=oob_enabled)
+
+
+def _check_in_qemu_order(obj: dict[str, Any], req_id: Any, *, oob_enabled: bool) -> Request:
+    """The full check, member by member in QEMU's QDict order."""
     exec_key: str | None = None
     for name in qdict_order(obj):
         value = obj[name]

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qmpjobd import protocol
 from qmpjobd.errors import ErrorClass, QMPError
 from qmpjobd.events import Event
-from qmpjobd.protocol import NO_ID, RequestError, check_request
-from qmpjobd.qdict import first_unexpected, ghash_order, qdict_order
+from qmpjobd.protocol import NO_ID, RequestError, _check_in_qemu_order, check_request
+from qmpjobd.qdict import first_unexpected, ghash_order, qdict_order, qemu_order
 
 
 def _error(obj: object, *, oob: bool = False) -> tuple[str, Any]:
@@ -130,3 +132,32 @@ def test_qdict_order_is_by_bucket_newest_first() -> None:
     assert qdict_order(["execute", "control"]) == ["control", "execute"]
     assert sorted(qdict_order(["a", "b", "c"])) == ["a", "b", "c"]
     assert ghash_order([]) == []
+
+
+_members = st.dictionaries(
+    st.sampled_from(["execute", "arguments", "id", "exec-oob", "control", "x"]),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=3)
+    | st.dictionaries(st.text(max_size=2), st.integers(), max_size=2)
+    | st.lists(st.integers(), max_size=2),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(obj=_members, oob=st.booleans())
+def test_fast_path_agrees_with_the_ordered_check(obj: dict[str, Any], oob: bool) -> None:
+    def outcome(check: Any) -> object:
+        try:
+            return check()
+        except RequestError as exc:
+            return (exc.error.desc, exc.id)
+
+    req_id = obj.get("id", NO_ID)
+    if isinstance(req_id, dict | list):
+        req_id = qemu_order(req_id)
+    fast = outcome(lambda: check_request(obj, oob_enabled=oob))
+    slow = outcome(lambda: _check_in_qemu_order(obj, req_id, oob_enabled=oob))
+    assert fast == slow
