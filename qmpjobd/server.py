@@ -57,6 +57,8 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self._bound: list[Path] = []
         self._counter = 0
+        self._pending_events: list[bytes] = []
+        self._flush_scheduled = False
         self._subscription: Subscription = bus.subscribe(self._fan_out)
 
     # -- start ---------------------------------------------------------------
@@ -97,9 +99,27 @@ class Server:
         self._listeners.pop(session, None)
 
     def _fan_out(self, event: Event) -> None:
+        """Queue an event for every negotiated session.
+
+        Events published in one pass of the event loop are written together
+        (one write per session, not one per event and session); a session
+        flushes them before any reply, so an event published while a command
+        runs still precedes that command's reply.
+        """
         if not self._listeners:
             return
-        data = wire.encode(protocol.event_message(event))
+        self._pending_events.append(wire.encode(protocol.event_message(event)))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_events)
+
+    def flush_events(self) -> None:
+        """Write every queued event to every negotiated session, now."""
+        self._flush_scheduled = False
+        if not self._pending_events:
+            return
+        data = b"".join(self._pending_events)
+        self._pending_events.clear()
         for session in tuple(self._listeners):
             session.write(data)
 
@@ -113,6 +133,7 @@ class Server:
         """Phased shutdown: stop accepting, let replies flush, close every
         session, abort the ones still open at the deadline, remove the sockets."""
         self.stop_accepting()
+        self.flush_events()
         self._subscription.cancel()
         sessions = list(self.sessions)
         for session in sessions:

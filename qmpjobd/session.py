@@ -45,6 +45,8 @@ class SessionHost(Protocol):
 
     def negotiated(self, session: Session) -> None: ...
 
+    def flush_events(self) -> None: ...
+
     def forget(self, session: Session) -> None: ...
 
 
@@ -167,6 +169,7 @@ class Session(asyncio.Protocol):
     def _pump(self) -> None:
         """Run queued requests in order until one must be awaited."""
         if self._queue and self._batch is None:
+            self.server.flush_events()  # what happened before these requests comes first
             self._batch = []
             try:
                 while self._queue and not self._busy and self.runstate is not Runstate.CLOSED:
@@ -235,10 +238,12 @@ class Session(asyncio.Protocol):
         self._pump()
 
     def _reply(self, result: Any, req_id: Any) -> None:
+        self.server.flush_events()  # events the command caused go first
         self.send(protocol.reply(result, req_id))
         self._run_after_reply()
 
     def _reply_error(self, table: CommandTable, error: QMPError, req_id: Any) -> None:
+        self.server.flush_events()
         self.send(protocol.error_reply(table.rewrite(error), req_id))
         self._run_after_reply()
 
