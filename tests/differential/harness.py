@@ -54,6 +54,7 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 
 FINAL_QUIET_MS = 50
 START_TIMEOUT_S = 10.0
+START_ATTEMPTS = 3
 READY = 99  # connection number of QEMU's readiness monitor
 
 # Golden transcripts hold ids nested 1024 deep; the json module and the
@@ -113,6 +114,19 @@ class QemuTarget:
         return out.splitlines()[0].strip()
 
     def __enter__(self) -> QemuTarget:
+        # Now and then QEMU 7.2 never answers its first monitor after start-up
+        # (seen under load); a fresh daemon does. Try a few.
+        for attempt in range(START_ATTEMPTS):
+            try:
+                return self._start()
+            except TargetError:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                for name in os.listdir(self._tmp.name):
+                    os.unlink(os.path.join(self._tmp.name, name))
+        raise AssertionError("unreachable")
+
+    def _start(self) -> QemuTarget:
         listeners = []
         args = [self.binary]
         try:
