@@ -78,8 +78,15 @@ class App:
         )
 
     async def prepare_quit(self) -> None:
-        """What ``quit`` does before its reply: every job cancelled, newest first."""
-        await self.jobs.cancel_all()
+        """What ``quit`` does before its reply: every job cancelled, newest first.
+
+        Jobs get a bounded time to wind down; a job stuck in I/O must not keep
+        the daemon from exiting (shutdown stops whatever is left).
+        """
+        try:
+            await asyncio.wait_for(self.jobs.cancel_all(), self.config.job_cancel_deadline)
+        except TimeoutError:
+            log.warning("jobs did not finish cancelling in time; stopping them")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -92,12 +99,7 @@ class App:
 
     async def shutdown(self) -> None:
         self.server.stop_accepting()
-        try:
-            # Jobs get a bounded time to wind down; a job stuck in I/O must
-            # not keep the daemon from exiting.
-            await asyncio.wait_for(self.prepare_quit(), self.config.job_cancel_deadline)
-        except TimeoutError:
-            log.warning("jobs did not finish cancelling in time; stopping them")
+        await self.prepare_quit()
         await self.server.close(self.config.shutdown_deadline)
         await self.jobs.aclose()
         self.graph.close()
