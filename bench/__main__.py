@@ -17,15 +17,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer iterations, smaller files (< 1 min)")
-    mode.add_argument("--smoke", action="store_true",
-                      help="each benchmark once with minimal sizes, qmpjobd only unless --targets")
-    parser.add_argument("--targets", default=None,
-                        help="comma-separated: qmpjobd, qemu, NAME=sock:PATH, NAME=cmd:COMMAND "
-                             "(default qmpjobd,qemu; the first is the ratios' base)")
+    mode.add_argument(
+        "--quick", action="store_true", help="fewer iterations, smaller files (< 1 min)"
+    )
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="each benchmark once with minimal sizes, qmpjobd only unless --targets",
+    )
+    parser.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated: qmpjobd, qemu, NAME=sock:PATH, NAME=cmd:COMMAND "
+        "(default qmpjobd,qemu; the first is the ratios' base)",
+    )
     parser.add_argument("--out", default=None, help="write the Markdown report here")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated benchmarks: " + ",".join(n for n, _ in ALL))
+    parser.add_argument(
+        "--only", default=None, help="comma-separated benchmarks: " + ",".join(n for n, _ in ALL)
+    )
     args = parser.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     targets = parse_targets(args.targets or ("qmpjobd" if args.smoke else "qmpjobd,qemu"))
@@ -46,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         try:
             fn(ctx)
-        except Exception:  # noqa: BLE001 - one broken benchmark must not hide the rest
+        except Exception:
             failed = True
             log(f"benchmark {name} failed:\n{traceback.format_exc()}")
             results.note(f"benchmark {name} failed: see the run's log")

@@ -31,7 +31,7 @@ def pipelined(conn: SyncQMP, messages: list[bytes]) -> None:
     for _ in messages:
         try:
             conn.reply()
-        except Exception as exc:  # noqa: BLE001 - reported after draining
+        except Exception as exc:
             first_error = first_error or exc
     if first_error is not None:
         raise first_error
@@ -58,9 +58,16 @@ def wait_job_gone_sync(conn: SyncQMP, job: str, timeout: float = 600) -> dict[st
         while seen:
             ev = seen.pop(0)
             data = ev.get("data", {})
-            if ev["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED") and data.get("device") == job:
+            if (
+                ev["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+                and data.get("device") == job
+            ):
                 done = data
-            if ev["event"] == "JOB_STATUS_CHANGE" and data.get("id") == job and data.get("status") == "null":
+            if (
+                ev["event"] == "JOB_STATUS_CHANGE"
+                and data.get("id") == job
+                and data.get("status") == "null"
+            ):
                 conn.events.extend(seen)
                 return done
         if time.monotonic() > deadline:

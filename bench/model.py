@@ -23,7 +23,7 @@ class Goal:
 
     def text(self) -> str:
         sign = "≤" if self.op == "<=" else "≥"
-        return f"{sign} {self.limit:g}×" if self.relative else f"{sign} {self.limit:g}"
+        return f"{sign} {self.limit:g}×" if self.relative else f"{sign} {self.limit:g}"  # noqa: RUF001
 
     def met(self, value: float) -> bool:
         return value <= self.limit if self.op == "<=" else value >= self.limit

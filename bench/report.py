@@ -32,8 +32,9 @@ def machine() -> list[tuple[str, str]]:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        qemu = subprocess.run(["qemu-storage-daemon", "--version"], capture_output=True,
-                              text=True, timeout=10).stdout.splitlines()[0]
+        qemu = subprocess.run(
+            ["qemu-storage-daemon", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         qemu = "not installed"
     return [
@@ -90,7 +91,7 @@ def table(results: Results, targets: list[TargetSpec]) -> str:
     baseline = _baseline(targets)
     head = ["metric", "unit"]
     for t in targets:
-        head += [f"{t.name} median [min–max]"]
+        head += [f"{t.name} median [min–max]"]  # noqa: RUF001
         if t.name != first:
             head.append(f"{t.name} ÷ {first}")
     head += ["goal"] + [f"{t.name}" for t in targets]
@@ -107,17 +108,21 @@ def table(results: Results, targets: list[TargetSpec]) -> str:
                 vals = m.values[t.name]
                 cell = fmt(m.med(t.name))
                 if len(vals) > 1:
-                    cell += f" [{fmt(min(vals))}–{fmt(max(vals))}]"
+                    cell += f" [{fmt(min(vals))}–{fmt(max(vals))}]"  # noqa: RUF001
             else:
                 cell = m.missing.get(t.name, "—")
             row.append(cell)
             if t.name != first:
                 v = m.med(t.name)
-                row.append(f"{v / base:.2f}" if base and not math.isnan(base) and not math.isnan(v) else "—")
+                row.append(
+                    f"{v / base:.2f}"
+                    if base and not math.isnan(base) and not math.isnan(v)
+                    else "—"
+                )
         row.append(m.goal.text() if m.goal else "")
         row += [verdict(m, t.name, baseline) for t in targets]
         lines.append("| " + " | ".join(row) + " |")
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + lines
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines]
     return "\n".join(out)
 
 
@@ -125,13 +130,22 @@ def markdown(results: Results, targets: list[TargetSpec], argv: list[str], elaps
     baseline = _baseline(targets)
     parts = ["# Benchmark results", ""]
     parts += [f"- {k}: {v}" for k, v in machine()]
-    parts.append(f"- command: `{' '.join(shlex.quote(a) for a in ['python', '-m', 'bench', *argv])}`")
+    parts.append(
+        f"- command: `{' '.join(shlex.quote(a) for a in ['python', '-m', 'bench', *argv])}`"
+    )
     parts.append(f"- wall time: {elapsed:.0f} s")
-    parts += ["", "Each cell is the median over rounds, with the range when there was more than one "
-              "round; targets ran interleaved, round by round, in the same run. "
-              f"Ratios are to the first target ({targets[0].name}). "
-              + (f"Goals marked × compare a target with {baseline} (same run); other goals are "
-                 "absolute." if baseline else "Relative goals need a qemu target."), ""]
+    parts += [
+        "",
+        "Each cell is the median over rounds, with the range when there was more than one "
+        "round; targets ran interleaved, round by round, in the same run. "
+        f"Ratios are to the first target ({targets[0].name}). "
+        + (
+            f"Goals marked × compare a target with {baseline} (same run); other goals are absolute."  # noqa: RUF001
+            if baseline
+            else "Relative goals need a qemu target."
+        ),
+        "",
+    ]
     parts.append(table(results, targets))
     if results.notes:
         parts += ["", "Notes:", ""] + [f"- {n}" for n in results.notes]

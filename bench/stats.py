@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The *q*-th percentile (0–100), nearest rank."""
+    """The *q*-th percentile (0 to 100), nearest rank."""
     if not values:
         return math.nan
     ordered = sorted(values)

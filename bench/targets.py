@@ -63,7 +63,9 @@ def parse_targets(text: str) -> list[TargetSpec]:
         name, _, rest = item.partition("=")
         kind, _, value = rest.partition(":")
         if not name or kind not in ("sock", "cmd") or not value:
-            raise ValueError(f"bad target {item!r}: use qmpjobd, qemu, NAME=sock:PATH or NAME=cmd:COMMAND")
+            raise ValueError(
+                f"bad target {item!r}: use qmpjobd, qemu, NAME=sock:PATH or NAME=cmd:COMMAND"
+            )
         out.append(TargetSpec(name, kind, value))
     if not out:
         raise ValueError("no targets")
@@ -80,7 +82,7 @@ def peer_pid(path: str) -> int | None:
             pid, _, _ = struct.unpack("3i", cred)
             # Let the server see the close before anyone else connects.
             s.recv(1 << 16)
-            return pid
+            return int(pid)
     except OSError:
         return None
 
@@ -101,6 +103,10 @@ class Running:
         if len(self.sockets) == 1:
             return self.sockets[0]
         return self.sockets[i % len(self.sockets)]
+
+    def monitor_after_first(self, i: int) -> str:
+        """The socket for monitor *i* counting from the second (the first is the controller's)."""
+        return self.sock(i + 1)
 
     @property
     def monitors(self) -> int:
@@ -145,8 +151,10 @@ def _command(spec: TargetSpec, sockets: list[str]) -> list[str]:
         argv = ["qemu-storage-daemon"]
         for i, path in enumerate(sockets):
             argv += [
-                "--chardev", f"socket,id=m{i},path={path},server=on,wait=off",
-                "--monitor", f"chardev=m{i}",
+                "--chardev",
+                f"socket,id=m{i},path={path},server=on,wait=off",
+                "--monitor",
+                f"chardev=m{i}",
             ]
         return argv
     return shlex.split(spec.value.replace("{sock}", shlex.quote(sockets[0])))
@@ -167,15 +175,21 @@ def start(spec: TargetSpec, monitors: int = 1) -> Running:
         # stderr goes to a file: a pipe nobody reads could stall a chatty server.
         with open(os.path.join(tmpdir, "stderr.log"), "wb") as err:
             proc = subprocess.Popen(
-                _command(spec, sockets), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err, cwd=tmpdir,
+                _command(spec, sockets),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=tmpdir,
             )
         run = Running(spec, sockets, proc.pid, proc, tmpdir)
         deadline = time.monotonic() + 30
         while not all(os.path.exists(p) for p in (sockets[0], sockets[-1])):
             if proc.poll() is not None:
-                err = Path(tmpdir, "stderr.log").read_text(errors="replace")
-                raise RuntimeError(f"{spec.name} exited with {proc.returncode}: {err.strip()[:500]}")
+                text = Path(tmpdir, "stderr.log").read_text(errors="replace")
+                raise RuntimeError(
+                    f"{spec.name} exited with {proc.returncode}: {text.strip()[:500]}"
+                )
             if time.monotonic() > deadline:
                 run.stop()
                 raise RuntimeError(f"{spec.name} did not create its socket in 30 s")

@@ -17,10 +17,14 @@ def test_bench_smoke_runs_and_prints_a_table(tmp_path: Path) -> None:
     env["BENCH_DIR"] = str(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "| metric | unit | qmpjobd median [min–max] |" in proc.stdout
+    assert "| metric | unit | qmpjobd median [min–max] |" in proc.stdout  # noqa: RUF001
     for section in ("1. Round trip", "2. Pipelined throughput", "3. Connect", "8. Memory"):
         assert section in proc.stdout
     text = out.read_text()
