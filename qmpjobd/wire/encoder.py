@@ -53,6 +53,9 @@ _FLOATISH_RE: Final = re.compile(r"[0-9][.eE]|Infinity|NaN")
 _NUMBER_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN|-?[0-9][0-9.eE+-]*')
 
 
+_STRING_RE: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _fix_escape(m: re.Match[str]) -> str:
     single = m.group(3)
     if single is not None:
@@ -94,7 +97,8 @@ def encode(obj: object) -> bytes:
         return encode_reference(obj)
     if "\\u" in text:
         text = _ESCAPE_RE.sub(_fix_escape, text)
-    if _FLOATISH_RE.search(text):
+    # Digits inside strings ("qmpjobd 0.1.0") are no floats: look again without them.
+    if _FLOATISH_RE.search(text) and _FLOATISH_RE.search(_STRING_RE.sub("", text)):
         if "NaN" in text:
             # The C encoder drops a NaN's sign, which C's printf shows.
             return encode_reference(obj)
