@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -59,10 +61,45 @@ def qemu_run(name: str) -> dict[str, Any]:
     return harness.run_on_qemu(scenarios.BY_NAME[name], QEMU)
 
 
-@functools.cache
-def qmpjobd_run(name: str) -> dict[str, Any]:
+def _replay_on_qmpjobd(name: str) -> dict[str, Any]:
     # Replays the golden file's own steps, so a golden file stands on its own.
     return harness.run_on_qmpjobd(Scenario.from_json(golden(name)))
+
+
+# Replays started ahead of their tests (see _prefetch_qmpjobd_runs).
+_prefetched: dict[str, Future[dict[str, Any]]] = {}
+PREFETCH_WORKERS = 3
+QMPJOBD_TESTS = frozenset({"test_qmpjobd_matches_golden", "test_qmpjobd_matches_live_qemu"})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefetch_qmpjobd_runs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Replay the selected scenarios on qmpjobd a few at a time in the background.
+
+    A replay spends most of its time starting the daemon and waiting on
+    sockets, so a few in parallel keep the file fast; each still gets a
+    daemon of its own, and the tests compare the results in their order.
+    """
+    names = sorted(
+        {
+            item.callspec.params["name"]
+            for item in request.session.items
+            if getattr(item, "originalname", None) in QMPJOBD_TESTS and hasattr(item, "callspec")
+        }
+    )
+    with ThreadPoolExecutor(PREFETCH_WORKERS) as pool:
+        for name in names:
+            _prefetched[name] = pool.submit(_replay_on_qmpjobd, name)
+        yield
+        for future in _prefetched.values():
+            future.cancel()
+        _prefetched.clear()
+
+
+@functools.cache
+def qmpjobd_run(name: str) -> dict[str, Any]:
+    future = _prefetched.get(name)
+    return future.result() if future is not None else _replay_on_qmpjobd(name)
 
 
 @functools.cache

@@ -40,7 +40,7 @@ def ask(
     *events: EventPattern,
     conn: int = 0,
     watchers: tuple[int, ...] = (),
-    timeout_s: float = 5.0,
+    timeout_s: float = 2.0,
     note: str = "",
 ) -> Step:
     """Send a command; wait for its reply and for ``events`` (also on ``watchers``)."""
@@ -48,11 +48,6 @@ def ask(
     for w in watchers:
         expect[w] = Expect(events=events, timeout_s=timeout_s)
     return Step(conn, "send", (cmd(execute, arguments, id=rid),), expect, note=note)
-
-
-def wait_events(conn: int, *events: EventPattern, timeout_s: float = 5.0) -> Step:
-    """Send nothing; wait on ``conn`` for ``events``."""
-    return Step(conn, "send", (b"",), {conn: Expect(events=events, timeout_s=timeout_s)})
 
 
 def E(name: str, job: str = "j1", **data: JSON) -> EventPattern:
@@ -868,7 +863,6 @@ TRANSACTIONS: tuple[Scenario, ...] = (
                 ),
                 "txn",
                 J("concluded"),
-                timeout_s=5.0,
             ),
             q("q"),
             ask("job-dismiss", {"id": "j1"}, "dis-1", J("null")),
@@ -1127,7 +1121,7 @@ def _quit(*events: EventPattern) -> Step:
         0,
         "send",
         (cmd("quit", id="quit"),),
-        {0: Expect(reply_id="quit", events=events, eof=True, timeout_s=5.0)},
+        {0: Expect(reply_id="quit", events=events, eof=True, timeout_s=3.0)},
     )
 
 
