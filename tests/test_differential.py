@@ -7,7 +7,9 @@
   the golden file (a drift in the golden files shows there).
 
 Job scenarios need block support in qmpjobd; they are skipped for qmpjobd
-until its ``query-commands`` lists ``blockdev-backup``.
+until its ``query-commands`` lists ``blockdev-backup``.  A scenario with an
+``xfail_reason`` describes a known qmpjobd difference: its qmpjobd tests are
+strict xfails, so fixing the daemon shows up as an XPASS to clear.
 """
 
 from __future__ import annotations
