@@ -56,6 +56,10 @@ FINAL_QUIET_MS = 50
 START_TIMEOUT_S = 10.0
 START_ATTEMPTS = 3
 READY = 99  # connection number of QEMU's readiness monitor
+# In sent bytes, stands for a per-run folder for image files; in received
+# messages, that folder's path is written back as the placeholder, so
+# transcripts do not depend on where the run happened.
+TMP_PLACEHOLDER = b"{tmp}"
 
 # Golden transcripts hold ids nested 1024 deep; the json module and the
 # comparison recurse once per level.
@@ -71,12 +75,21 @@ class Target(Protocol):
 
     def socket_path(self, conn: int) -> str: ...
 
+    def files_dir(self) -> str: ...
+
     def describe(self) -> str: ...
 
 
 def _short_tempdir() -> tempfile.TemporaryDirectory[str]:
     # Unix socket paths are limited to ~108 bytes; pytest's tmp_path can be longer.
     return tempfile.TemporaryDirectory(prefix="qmpd-")
+
+
+def _files_dir(base: str) -> str:
+    """The per-run folder that the ``{tmp}`` placeholder stands for (created on demand)."""
+    path = os.path.join(base, "files")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
@@ -106,6 +119,9 @@ class QemuTarget:
 
     def socket_path(self, conn: int) -> str:
         return os.path.join(self._tmp.name, f"m{conn}.sock")
+
+    def files_dir(self) -> str:
+        return _files_dir(self._tmp.name)
 
     def describe(self) -> str:
         out = subprocess.run(
@@ -209,6 +225,9 @@ class QmpjobdTarget:
     def socket_path(self, conn: int) -> str:
         return os.path.join(self._tmp.name, "qmp.sock")
 
+    def files_dir(self) -> str:
+        return _files_dir(self._tmp.name)
+
     def describe(self) -> str:
         return "qmpjobd"
 
@@ -225,7 +244,15 @@ class QmpjobdTarget:
         )
         with self._stderr.open("wb") as err:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "qmpjobd", "--socket", self.socket_path(0)],
+                [
+                    self.python,
+                    "-m",
+                    "qmpjobd",
+                    "--socket",
+                    self.socket_path(0),
+                    "--allow-path",
+                    self.files_dir(),
+                ],
                 cwd=self.root,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -287,6 +314,7 @@ class QmpjobdTarget:
 @dataclass
 class _Conn:
     sock: socket.socket
+    tmp: bytes = b""  # the per-run folder, written back as the ``{tmp}`` placeholder
     buf: bytes = b""
     eof: bool = False
     closed: bool = False
@@ -306,6 +334,8 @@ class _Conn:
             if crlf == -1:
                 return
             line, self.buf = self.buf[:crlf], self.buf[crlf + 2 :]
+            if self.tmp:
+                line = line.replace(self.tmp, TMP_PLACEHOLDER)
             self.pending.append(_parse_line(line))
 
     def finish(self) -> None:
@@ -400,7 +430,7 @@ class Runner:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.target.socket_path(step.conn))
             sock.setblocking(False)
-            conn = _Conn(sock)
+            conn = _Conn(sock, tmp=self.target.files_dir().encode())
             self.conns[step.conn] = conn
             self.selector.register(sock, selectors.EVENT_READ, conn)
         elif step.action == "send":
@@ -409,7 +439,8 @@ class Runner:
                 if i and step.gap_ms:
                     # Deliberate pacing, so the server reads the chunks separately.
                     self._pump(step.gap_ms / 1000)
-                _send_all(conn.sock, chunk)
+                tmp = self.target.files_dir().encode()
+                _send_all(conn.sock, chunk.replace(TMP_PLACEHOLDER, tmp))
         elif step.action == "close":
             self._close(self.conns[step.conn])
         else:  # pragma: no cover - guarded by the Step type

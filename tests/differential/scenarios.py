@@ -13,61 +13,26 @@ otherwise, capabilities negotiation) steps.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-
 from .model import (
-    GROUP_JOBS,
     GROUP_PROTOCOL,
     JSON,
-    UNSET,
     EventPattern,
     Expect,
     Scenario,
     Step,
 )
-
-QUIET_MS = 150
-CAPS = b'{"execute": "qmp_capabilities"}\n'
-
-
-def cmd(execute: str, arguments: Mapping[str, JSON] | None = None, id: JSON = UNSET) -> bytes:
-    req: dict[str, JSON] = {"execute": execute}
-    if arguments is not None:
-        req["arguments"] = dict(arguments)
-    if id is not UNSET:
-        req["id"] = id
-    return json.dumps(req).encode() + b"\n"
-
-
-def connect(conn: int = 0) -> Step:
-    return Step(conn, "connect", expect={conn: Expect(messages=1)})
-
-
-def send(
-    *chunks: bytes,
-    n: int | None = 1,
-    conn: int = 0,
-    reply_id: JSON = UNSET,
-    quiet_ms: int = 0,
-    gap_ms: int = 0,
-    eof: bool = False,
-    shape: tuple[str, ...] = (),
-    note: str = "",
-    also: Mapping[int, Expect] | None = None,
-) -> Step:
-    expect = {conn: Expect(messages=n, reply_id=reply_id, quiet_ms=quiet_ms, eof=eof)}
-    expect.update(also or {})
-    return Step(conn, "send", chunks, expect, gap_ms=gap_ms, shape=shape, note=note)
-
-
-def until_quiet(*chunks: bytes, reply_id: JSON = UNSET, conn: int = 0, note: str = "") -> Step:
-    """Send, then read until the reply to ``reply_id`` (if given) and silence."""
-    return send(*chunks, n=None, conn=conn, reply_id=reply_id, quiet_ms=QUIET_MS, note=note)
-
-
-def negotiate(conn: int = 0) -> Step:
-    return send(CAPS, conn=conn)
+from .scenarios_jobs import MORE_JOBS
+from .steps import (
+    CAPS,
+    J,
+    MiB,
+    cmd,
+    connect,
+    jobs,
+    negotiate,
+    send,
+    until_quiet,
+)
 
 
 def protocol(name: str, description: str, *steps: Step, negotiated: bool = True) -> Scenario:
@@ -572,10 +537,6 @@ PROTOCOL: tuple[Scenario, ...] = (
 # ---------------------------------------------------------------------- jobs
 
 
-def J(status: str, job: str = "j1") -> EventPattern:
-    return EventPattern("JOB_STATUS_CHANGE", {"status": status, "id": job})
-
-
 def job_step(
     request: bytes,
     reply_id: JSON,
@@ -589,9 +550,6 @@ def job_step(
     for w in watchers:
         expect[w] = Expect(events=events, timeout_s=5.0)
     return Step(conn, "send", (request,), expect, note=note)
-
-
-MiB = 1024 * 1024
 
 
 def null_node(name: str, size: int = MiB) -> dict[str, JSON]:
@@ -614,10 +572,6 @@ def backup(**extra: JSON) -> bytes:
     args: dict[str, JSON] = {"job-id": "j1", "device": "src", "target": "tgt", "sync": "full"}
     args.update(extra)
     return cmd("blockdev-backup", args, id="backup")
-
-
-def jobs(name: str, description: str, steps: list[Step], **kw: JSON) -> Scenario:
-    return Scenario(name, description, tuple(steps), GROUP_JOBS, **kw)
 
 
 JOBS: tuple[Scenario, ...] = (
@@ -729,6 +683,6 @@ JOBS: tuple[Scenario, ...] = (
 )
 
 
-ALL: tuple[Scenario, ...] = PROTOCOL + JOBS
+ALL: tuple[Scenario, ...] = PROTOCOL + JOBS + MORE_JOBS
 BY_NAME: dict[str, Scenario] = {s.name: s for s in ALL}
 assert len(BY_NAME) == len(ALL), "scenario names must be unique"
