@@ -92,11 +92,7 @@ def check_request(obj: object, *, oob_enabled: bool) -> Request:
     # The common, well-formed request needs no member ordering at all.
     command = obj.get("execute")
     arguments = obj.get("arguments", _EMPTY)
-    if (
-        type(command) is str
-        and type(arguments) is dict
-        and obj.keys() <= _PLAIN_MEMBERS
-    ):
+    if type(command) is str and type(arguments) is dict and obj.keys() <= _PLAIN_MEMBERS:
         return Request(command, arguments if arguments is not _EMPTY else {}, req_id, False)
     return _check_in_qemu_order(obj, req_id, oob_enabled=oob_enabled)
 

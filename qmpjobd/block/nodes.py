@@ -201,11 +201,14 @@ class BlockNode:
             raise _os_error(errno_mod.ENOMEDIUM)
         await self._flush()
 
-    async def block_status(self, offset: int, length: int) -> tuple[bool, int]:
-        """``(has_data, run)``: whether the first ``run`` bytes at ``offset`` hold data.
+    async def block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
+        """``(has_data, run)``: what the first ``run`` bytes at ``offset`` hold.
 
-        ``run`` is at least 1 and at most ``length``; holes of sparse files
-        and whole ``null-co`` nodes report ``has_data`` False.
+        ``has_data`` is True for data, False for what reads as zeros (holes
+        of sparse files, ``null-co`` with ``read-zeroes``), and None when the
+        node says neither, like QEMU's ``null-co`` without ``read-zeroes``
+        (a backup copies such blocks, a mirror discards them). ``run`` is at
+        least 1 and at most ``length``.
 
         :raise OSError: out of range or the query failed.
         """
@@ -230,7 +233,7 @@ class BlockNode:
     async def _flush(self) -> None:
         return None
 
-    async def _block_status(self, offset: int, length: int) -> tuple[bool, int]:
+    async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         return True, length
 
     def _debug_event(self, event: str) -> None:
@@ -355,8 +358,9 @@ class NullNode(BlockNode):
     async def _flush(self) -> None:
         await self._delay()
 
-    async def _block_status(self, offset: int, length: int) -> tuple[bool, int]:
-        return False, length
+    async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
+        # With read-zeroes QEMU reports zeros; without, neither data nor zeros.
+        return (False if self.read_zeroes else None), length
 
     def _strong_options(self) -> dict[str, Any]:
         return {k: self.options[k] for k in ("size", "read-zeroes") if k in self.options}
@@ -455,7 +459,7 @@ class FileNode(BlockNode):
         if not self.cache_no_flush:
             await self._ctx.run(os.fdatasync, self._fd)
 
-    async def _block_status(self, offset: int, length: int) -> tuple[bool, int]:
+    async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         return await self._ctx.run(self._status, offset, length)
 
     def close(self) -> None:
@@ -534,7 +538,7 @@ class RawNode(BlockNode):
         self.file._debug_event("flush_to_disk")
         await self.file.flush()
 
-    async def _block_status(self, offset: int, length: int) -> tuple[bool, int]:
+    async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         n = self._clamp(offset, length)
         if n == 0:
             return False, length
@@ -619,7 +623,7 @@ class BlkdebugNode(BlockNode):
         await self._check(0, 0, "flush")
         await self.image.flush()
 
-    async def _block_status(self, offset: int, length: int) -> tuple[bool, int]:
+    async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         await self._check(offset, length, "block-status")
         return await self.image.block_status(offset, length)
 

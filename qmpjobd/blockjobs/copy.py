@@ -54,6 +54,8 @@ class Extent:
     offset: int
     end: int
     data: bool
+    #: Neither data nor zeros (QEMU's null-co): nothing to write at all.
+    discard: bool = False
 
     @property
     def length(self) -> int:
@@ -133,8 +135,12 @@ class Copier:
         on_source_error: OnError,
         on_target_error: OnError,
         zero_target: bool = False,
+        retry_stopped_on_cancel: bool = False,
+        copy_unknown: bool = True,
     ) -> None:
         self.job = job
+        self.copy_unknown = copy_unknown
+        self.retry_stopped_on_cancel = retry_stopped_on_cancel
         self.source = source
         self.target = target
         self.executor = executor
@@ -189,10 +195,14 @@ class Copier:
         :raise OSError: the policy reported the error (the job fails).
         :raise Cancelled: the job was force-cancelled while stopped.
         """
+        retried_cancelled = False
         while True:
             try:
                 return await attempt()
             except _IoError as err:
+                if retried_cancelled:
+                    # The last try of a cancelled job: its failure is not reported.
+                    raise Cancelled from None
                 policy = self.on_source_error if err.operation == "read" else self.on_target_error
                 action = error_action(policy, err.errno)
                 self.job.report_io_error(err.operation, action, err.errno)
@@ -200,7 +210,9 @@ class Copier:
                     raise OSError(err.errno, os.strerror(err.errno)) from None
                 await self.job.pause_point()
                 if self.job.is_cancelled:
-                    raise Cancelled from None
+                    if not self.retry_stopped_on_cancel or retried_cancelled:
+                        raise Cancelled from None
+                    retried_cancelled = True
 
     async def throttle(self) -> None:
         """The rate-limit wait before a chunk; also a pause point."""
@@ -222,9 +234,13 @@ class Copier:
         the end of its cluster.
         """
         size = self.source.size
-        data, run = await self.with_policy(
+        status, run = await self.with_policy(
             lambda: self._guard("read", self.source.block_status(offset, limit))
         )
+        if status is None and not self.copy_unknown:
+            # QEMU's mirror discards what is neither data nor zeros.
+            return Extent(offset, offset + run, False, discard=True)
+        data = True if status is None else status
         end = offset + run
         if end < size:
             if data:
@@ -238,6 +254,9 @@ class Copier:
 
     async def copy(self, ext: Extent) -> None:
         """Copy one extent (policies applied)."""
+        if ext.discard:
+            self.limiter.account(ext.length)
+            return
         if not ext.data:
             if not self.zero_target:
                 await self.with_policy(

@@ -65,6 +65,13 @@ class BlockJobDriver(JobDriver):
     def clean(self, job: Job) -> None:
         self.release_all()
 
+    #: Whether a request that stopped the job is tried once more when the job
+    #: is then cancelled (backup does: its next block-copy call runs first).
+    retry_stopped_on_cancel = False
+    #: Whether blocks that are neither data nor zeros are copied (backup) or
+    #: discarded (mirror), as QEMU's block-copy and mirror do.
+    copy_unknown = True
+
     def copier(self, job: Job, *, zero_target: bool) -> Copier:
         return Copier(
             job,
@@ -75,6 +82,8 @@ class BlockJobDriver(JobDriver):
             on_source_error=self.on_source_error,
             on_target_error=self.on_target_error,
             zero_target=zero_target,
+            retry_stopped_on_cancel=self.retry_stopped_on_cancel,
+            copy_unknown=self.copy_unknown,
         )
 
 
@@ -86,6 +95,8 @@ class BackupDriver(BlockJobDriver):
     until cancelled (with no guest, nothing ever writes to the source).
     Progress counts 64 KiB clusters.
     """
+
+    retry_stopped_on_cancel = True
 
     job_type = JobType.BACKUP
 
@@ -138,6 +149,8 @@ class MirrorDriver(BlockJobDriver):
     A soft ``block-job-cancel`` in READY ends the job successfully without
     switching over; any other cancel is a force cancel. Progress counts bytes.
     """
+
+    copy_unknown = False
 
     job_type = JobType.MIRROR
 

@@ -603,14 +603,6 @@ PAUSE_SPEED: tuple[Scenario, ...] = (
 )
 
 
-NULL_CO_DATA = (
-    "a null-co node without read-zeroes is treated as a hole, so a backup writes it with "
-    "write-zeroes and never reads it; QEMU 7.2 reports such blocks as neither data nor "
-    "zero and copies them with reads and data writes, so blkdebug read_aio/write_aio "
-    "rules fire (expected BLOCK_JOB_ERROR, got a clean completion)"
-)
-
-
 def _error_scenario(
     name: str,
     description: str,
@@ -635,7 +627,7 @@ def _error_scenario(
         name,
         description,
         [*setup(*nodes), ask("blockdev-backup", args, "backup", *first), *then],
-        xfail_reason=xfail_reason or (NULL_CO_DATA if source else ""),
+        xfail_reason=xfail_reason,
     )
 
 
@@ -667,7 +659,6 @@ ERRORS: tuple[Scenario, ...] = (
                 J("null"),
             ),
         ],
-        xfail_reason=NULL_CO_DATA,
     ),
     _error_scenario(
         "jobs_error_target_stop_resume",
@@ -694,11 +685,6 @@ ERRORS: tuple[Scenario, ...] = (
         [ask("job-cancel", {"id": "j1"}, "cancel", J("running"), *CANCELLED, J("null"))],
         E("BLOCK_JOB_ERROR", action="stop"),
         J("paused"),
-        xfail_reason=(
-            "job-cancel of a backup stopped by an error: QEMU retries the failed cluster "
-            "before it ends, so BLOCK_JOB_CANCELLED has offset 65536 (= len); qmpjobd reports "
-            "offset 0"
-        ),
     ),
     _error_scenario(
         "jobs_error_target_enospc_nospace",
