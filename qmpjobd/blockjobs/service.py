@@ -46,11 +46,12 @@ def _busy(node: BlockNode) -> None:
         )
 
 
-def _null_backed(node: BlockNode) -> bool:
-    """Whether the node's data comes from a null driver (reported unallocated)."""
+def _unallocated(node: BlockNode) -> bool:
+    """Whether the node's data comes from a null driver that reports no
+    allocation (no ``read-zeroes``)."""
     while True:
         if node.driver in ("null-co", "null-aio"):
-            return True
+            return not node.options.get("read-zeroes", False)
         child = node.children.get("file") or node.children.get("image")
         if child is None:
             return False
@@ -356,9 +357,10 @@ class BlockJobService:
             raise QMPError("Invalid parameter 'buf-size'")
         if source is target:
             raise QMPError("Can't mirror node into itself")
-        # With no guest writes, "none" has nothing to copy; a null source
-        # has no allocated data, which a zeroed target needs no copy of.
-        copy_all = sync != "none" and not (target_is_zero and _null_backed(source))
+        # With no guest writes, "none" has nothing to copy. On a zeroed target
+        # QEMU's mirror marks only allocated blocks dirty, and a null-co
+        # source without read-zeroes has none.
+        copy_all = sync != "none" and not (target_is_zero and _unallocated(source))
         driver = MirrorDriver(
             source,
             target,

@@ -138,8 +138,9 @@ class QemuTarget:
             except TargetError:
                 if attempt == START_ATTEMPTS - 1:
                     raise
-                for name in os.listdir(self._tmp.name):
-                    os.unlink(os.path.join(self._tmp.name, name))
+                # The failed start cleaned up after itself: begin afresh.
+                self._tmp = _short_tempdir()
+                self._proc = None
         raise AssertionError("unreachable")
 
     def _start(self) -> QemuTarget:

@@ -1028,11 +1028,6 @@ CREATE: tuple[Scenario, ...] = (
             ),
             ask("job-complete", {"id": "m1"}, "complete", J("null", "m1")),
         ],
-        xfail_reason=(
-            "drive-mirror of a read-zeroes null-co node to a new raw file: QEMU's "
-            "BLOCK_JOB_READY (and the completion) report len=offset=1048576; qmpjobd "
-            "reports len 0, offset 0"
-        ),
     ),
 )
 
