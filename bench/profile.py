@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .client import SyncQMP, command_bytes
 from .stats import percentile
-from .suite import _Arrivals, _connect_many, _rt, pipelined_rate
+from .suite import _Arrivals, _churn, _connect_many, _rt, pipelined_rate
 
 EVENTS_PER_BURST = 200
 
@@ -120,11 +120,29 @@ def load_fanout(sock: str, pid: int, k: int = 100) -> str:
     return asyncio.run(go())
 
 
+class _Sock:
+    """Enough of :class:`~bench.targets.Running` for the job benchmarks."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def sock(self, i: int = 0) -> str:
+        return self.path
+
+
+def load_churn(sock: str, pid: int, n: int = 1000) -> str:
+    run = _Sock(sock)
+    seq = asyncio.run(_churn(run, n, 1, "q"))  # type: ignore[arg-type]
+    par = asyncio.run(_churn(run, n, 50, "p"))  # type: ignore[arg-type]
+    return f"{n} null-co backups: sequential {seq:.0f} jobs/s, 50 in flight {par:.0f} jobs/s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--child", nargs=2, metavar=("SOCK", "PROF"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="keep the .prof files here")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--only", default=None, help="comma-separated loads")
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -135,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         ("roundtrip", load_round_trip),
         ("pipelined", load_pipelined),
         ("fanout", load_fanout),
+        ("churn", load_churn),
     ):
+        if args.only and name not in args.only.split(","):
+            continue
         prof, result = _run_load(name, outdir, load)
         print(f"== {name}: {result}\n{_top(prof, args.top)}")
     return 0
