@@ -1,13 +1,15 @@
-"""Profile qmpjobd in-process under the round-trip, pipelined and fan-out loads.
+"""Profile qmpjobd in-process under the round-trip, pipelined, fan-out and churn loads.
 
-``python -m bench.profile [--out DIR]`` starts a child process that runs
-:class:`qmpjobd.app.App` under :mod:`cProfile`, drives it from this process
-with the benchmark clients, and prints the hottest functions of each load.
+``python -m bench.profile [--out DIR] [--only NAMES]`` starts a child process
+that runs :class:`qmpjobd.app.App` under :mod:`cProfile`, drives it from this
+process with the benchmark clients, and prints the hottest functions of each
+load.
 
-There is no job-starting command to make events with yet, so the fan-out
-load publishes synthetic ``JOB_STATUS_CHANGE`` events on the daemon's own
-event bus (the child does so on SIGUSR1): the path from
-``EventBus.publish`` to the monitors' sockets is the daemon's real one.
+The fan-out load publishes synthetic ``JOB_STATUS_CHANGE`` events on the
+daemon's own event bus (the child does so on SIGUSR1): the path from
+``EventBus.publish`` to the monitors' sockets is the daemon's real one. The
+churn load runs the job-churn benchmark (1,000 null-co backups one at a time,
+then 1,000 with 50 in flight).
 """
 
 from __future__ import annotations
