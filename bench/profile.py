@@ -1,13 +1,15 @@
-"""Profile qmpjobd in-process under the round-trip, pipelined and fan-out loads.
+"""Profile qmpjobd in-process under the round-trip, pipelined, fan-out and churn loads.
 
-``python -m bench.profile [--out DIR]`` starts a child process that runs
-:class:`qmpjobd.app.App` under :mod:`cProfile`, drives it from this process
-with the benchmark clients, and prints the hottest functions of each load.
+``python -m bench.profile [--out DIR] [--only NAMES]`` starts a child process
+that runs :class:`qmpjobd.app.App` under :mod:`cProfile`, drives it from this
+process with the benchmark clients, and prints the hottest functions of each
+load.
 
-There is no job-starting command to make events with yet, so the fan-out
-load publishes synthetic ``JOB_STATUS_CHANGE`` events on the daemon's own
-event bus (the child does so on SIGUSR1): the path from
-``EventBus.publish`` to the monitors' sockets is the daemon's real one.
+The fan-out load publishes synthetic ``JOB_STATUS_CHANGE`` events on the
+daemon's own event bus (the child does so on SIGUSR1): the path from
+``EventBus.publish`` to the monitors' sockets is the daemon's real one. The
+churn load runs the job-churn benchmark (1,000 null-co backups one at a time,
+then 1,000 with 50 in flight).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from .client import SyncQMP, command_bytes
 from .stats import percentile
-from .suite import _Arrivals, _connect_many, _rt, pipelined_rate
+from .suite import _Arrivals, _churn, _connect_many, _rt, pipelined_rate
 
 EVENTS_PER_BURST = 200
 
@@ -120,11 +122,29 @@ def load_fanout(sock: str, pid: int, k: int = 100) -> str:
     return asyncio.run(go())
 
 
+class _Sock:
+    """Enough of :class:`~bench.targets.Running` for the job benchmarks."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def sock(self, i: int = 0) -> str:
+        return self.path
+
+
+def load_churn(sock: str, pid: int, n: int = 1000) -> str:
+    run = _Sock(sock)
+    seq = asyncio.run(_churn(run, n, 1, "q"))  # type: ignore[arg-type]
+    par = asyncio.run(_churn(run, n, 50, "p"))  # type: ignore[arg-type]
+    return f"{n} null-co backups: sequential {seq:.0f} jobs/s, 50 in flight {par:.0f} jobs/s"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--child", nargs=2, metavar=("SOCK", "PROF"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help="keep the .prof files here")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--only", default=None, help="comma-separated loads")
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
@@ -135,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         ("roundtrip", load_round_trip),
         ("pipelined", load_pipelined),
         ("fanout", load_fanout),
+        ("churn", load_churn),
     ):
+        if args.only and name not in args.only.split(","):
+            continue
         prof, result = _run_load(name, outdir, load)
         print(f"== {name}: {result}\n{_top(prof, args.top)}")
     return 0

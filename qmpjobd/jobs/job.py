@@ -99,10 +99,14 @@ def set_status(job: Job, new: JobStatus) -> None:
     if new not in TRANSITIONS[old]:
         raise JobStateError(f"job {job.id!r}: illegal transition {old.value} -> {new.value}")
     job.status = new
-    log.debug("job %r: %s -> %s", job.id, old.value, new.value)
+    # A StrEnum prints as its value; _value_ is the plain str, without the
+    # descriptor call that .value costs on this hot path.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("job %r: %s -> %s", job.id, old, new)
+    host = job._host
     if new is not old:
-        job._host.bus.publish("JOB_STATUS_CHANGE", {"status": new.value, "id": job.id})
-    job._host._job_status_changed(job, old, new)
+        host.bus.publish("JOB_STATUS_CHANGE", {"status": new._value_, "id": job.id})
+    host._job_status_changed(job, old, new)
 
 
 class Job:
@@ -236,7 +240,7 @@ class Job:
             "len": self.total_progress,
             "offset": self.current_progress,
             "speed": self.speed,
-            "type": self.type.value,
+            "type": self.type._value_,
         }
 
     # -------------------------------------------------------------- progress

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno as _errno
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..clock import Clock
@@ -62,11 +64,12 @@ class BlockJobInfo:
     error: str | None = None
 
 
+_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+
+
 def _id_wellformed(job_id: str) -> bool:
     """QEMU's id_wellformed(): an ASCII letter, then letters, digits, '-', '.', '_'."""
-    if not job_id or not (job_id[0].isascii() and job_id[0].isalpha()):
-        return False
-    return all(c.isascii() and (c.isalnum() or c in "-._") for c in job_id)
+    return _ID_RE.fullmatch(job_id) is not None
 
 
 def _verb_error(job: Job, verb: JobVerb) -> QMPError:
@@ -83,6 +86,48 @@ def _has_concluded(job: Job) -> Callable[[], bool]:
 class _DrainSection:
     which: Callable[[Job], bool] | None
     jobs: list[Job]
+
+
+class _Drained(contextlib.AbstractAsyncContextManager[None]):
+    """:meth:`JobManager.drained` as a plain class (it runs for every backup)."""
+
+    __slots__ = ("_manager", "_section", "_which")
+
+    def __init__(self, manager: JobManager, which: Callable[[Job], bool] | None) -> None:
+        self._manager = manager
+        self._which = which
+        self._section: _DrainSection | None = None
+
+    async def __aenter__(self) -> None:
+        manager = self._manager
+        which = self._which
+        if which is None:
+            # QEMU drains every node in turn: the oldest job pauses first.
+            jobs = [j for j in reversed(manager._jobs) if not j.completed]
+        else:
+            # One node's users, newest first (jobs created inside come first).
+            jobs = [j for j in manager._jobs if not j.completed and which(j)]
+        section = self._section = _DrainSection(which, jobs)
+        manager._drain_sections.append(section)
+        try:
+            for job in jobs:
+                job._pause()
+            if jobs:
+                await manager._wait_for(lambda: all(not j.busy or j.completed for j in jobs))
+        except BaseException:
+            self._leave(section)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        section = self._section
+        if section is not None:
+            self._leave(section)
+
+    def _leave(self, section: _DrainSection) -> None:
+        self._section = None
+        self._manager._drain_sections.remove(section)
+        for job in section.jobs:
+            job._resume()
 
 
 class JobManager:
@@ -153,9 +198,9 @@ class JobManager:
         return [
             JobInfo(
                 current_progress=job.current_progress,
-                status=job.status.value,
+                status=job.status._value_,
                 total_progress=job.total_progress,
-                type=job.type.value,
+                type=job.type._value_,
                 id=job.id,
                 error=job.error,
             )
@@ -172,11 +217,11 @@ class JobManager:
                 busy=job.busy,
                 len=job.total_progress,
                 offset=job.current_progress,
-                status=job.status.value,
+                status=job.status._value_,
                 paused=job.paused,
                 speed=job.speed,
                 ready=job.ready,
-                type=job.type.value,
+                type=job.type._value_,
                 error=job.error if job.ret != 0 else None,
             )
             for job in self._jobs
@@ -267,12 +312,11 @@ class JobManager:
             job._park()
         task = asyncio.get_running_loop().create_task(self._run_job(job), name=f"job-{job.id}")
         self._tasks[job] = task
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(functools.partial(self._task_done, job))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        for job, t in list(self._tasks.items()):
-            if t is task:
-                del self._tasks[job]
+    def _task_done(self, job: Job, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job) is task:
+            del self._tasks[job]
         if not task.cancelled() and task.exception() is not None:
             log.error("job task failed", exc_info=task.exception())
 
@@ -329,7 +373,8 @@ class JobManager:
         for member in list(txn.jobs):
             set_status(member, JobStatus.PENDING)
             if not member.auto_finalize and member.is_block_job:
-                self._bus.publish("BLOCK_JOB_PENDING", {"type": member.type.value, "id": member.id})
+                data = {"type": member.type._value_, "id": member.id}
+                self._bus.publish("BLOCK_JOB_PENDING", data)
         if all(member.auto_finalize for member in txn.jobs):
             self._do_finalize(job)
 
@@ -550,8 +595,9 @@ class JobManager:
 
     # ------------------------------------------------ drain, quit, shutdown
 
-    @contextlib.asynccontextmanager
-    async def drained(self, which: Callable[[Job], bool] | None = None) -> AsyncIterator[None]:
+    def drained(
+        self, which: Callable[[Job], bool] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """A drained section: every job that can pause is paused while inside.
 
         Entering raises the pause count of every job whose run has not ended
@@ -559,22 +605,7 @@ class JobManager:
         users) and waits until each one has parked (or is not busy, or has
         ended); jobs created inside are paused too. Leaving drops those pauses.
         """
-        if which is None:
-            # QEMU drains every node in turn: the oldest job pauses first.
-            section = _DrainSection(None, [j for j in reversed(self._jobs) if not j.completed])
-        else:
-            # One node's users, newest first (jobs created inside come first).
-            section = _DrainSection(which, [j for j in self._jobs if not j.completed and which(j)])
-        self._drain_sections.append(section)
-        try:
-            for job in section.jobs:
-                job._pause()
-            await self._wait_for(lambda: all(not j.busy or j.completed for j in section.jobs))
-            yield
-        finally:
-            self._drain_sections.remove(section)
-            for job in section.jobs:
-                job._resume()
+        return _Drained(self, which)
 
     async def cancel_all(self) -> None:
         """Force-cancel every job, newest first, and wait until all are gone.

@@ -97,8 +97,15 @@ def encode(obj: object) -> bytes:
         return encode_reference(obj)
     if "\\u" in text:
         text = _ESCAPE_RE.sub(_fix_escape, text)
-    # Digits inside strings ("qmpjobd 0.1.0") are no floats: look again without them.
-    if _FLOATISH_RE.search(text) and _FLOATISH_RE.search(_STRING_RE.sub("", text)):
+    # A float from the C encoder (repr) holds "." or "e+"/"e-", or is
+    # Infinity/NaN: substring tests rule most messages out faster than a
+    # regex. Digits inside strings ("qmpjobd 0.1.0") are no floats: look
+    # again without them.
+    if (
+        ("." in text or "e+" in text or "e-" in text or "Infinity" in text or "NaN" in text)
+        and _FLOATISH_RE.search(text)
+        and _FLOATISH_RE.search(_STRING_RE.sub("", text))
+    ):
         if "NaN" in text:
             # The C encoder drops a NaN's sign, which C's printf shows.
             return encode_reference(obj)
