@@ -46,6 +46,9 @@ class SyncQMP:
         self.sock.connect(path)
         self._buf = b""
         self.events: list[dict[str, Any]] = []
+        #: When false, events read on the way to a reply are counted, not kept.
+        self.keep_events = True
+        self.events_seen = 0
         self.greeting = json.loads(self.read_line())
         if negotiate:
             self.sock.sendall(NEGOTIATE)
@@ -70,7 +73,9 @@ class SyncQMP:
         while True:
             msg = json.loads(self.read_line())
             if "event" in msg:
-                self.events.append(msg)
+                self.events_seen += 1
+                if self.keep_events:
+                    self.events.append(msg)
                 continue
             if "error" in msg:
                 raise QMPFailure(f"{msg['error'].get('class')}: {msg['error'].get('desc')}")

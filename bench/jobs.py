@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
-from .client import AsyncQMP, SyncQMP, command_bytes
+from .client import AsyncQMP, QMPFailure, SyncQMP, command_bytes
 
 #: Small enough that a backup is all overhead.
 SHORT_JOB_BYTES = 64 * 1024
 
 
-def null_node(name: str, size: int) -> dict[str, Any]:
-    return {"driver": "null-co", "node-name": name, "size": size}
+def null_node(name: str, size: int, read_zeroes: bool = False) -> dict[str, Any]:
+    node: dict[str, Any] = {"driver": "null-co", "node-name": name, "size": size}
+    if read_zeroes:
+        node["read-zeroes"] = True
+    return node
 
 
 def backup_args(job: str, src: str, dst: str, speed: int = 0) -> dict[str, Any]:
@@ -24,25 +28,50 @@ def backup_args(job: str, src: str, dst: str, speed: int = 0) -> dict[str, Any]:
     return args
 
 
+def mirror_args(job: str, src: str, dst: str, speed: int = 0) -> dict[str, Any]:
+    args: dict[str, Any] = {"job-id": job, "device": src, "target": dst, "sync": "full"}
+    if speed:
+        args["speed"] = speed
+    return args
+
+
 def pipelined(conn: SyncQMP, messages: list[bytes]) -> None:
-    """Send every message, then read as many replies; raise on the first error."""
-    conn.sock.sendall(b"".join(messages))
-    first_error = None
-    for _ in messages:
+    """Send every message from a writer thread while this thread reads as many
+    replies (and whatever events come with them), so that the server's output
+    never piles up unread; raise on the first error."""
+    send_error: list[BaseException] = []
+
+    def writer() -> None:
         try:
-            conn.reply()
-        except Exception as exc:
-            first_error = first_error or exc
+            conn.sock.sendall(b"".join(messages))
+        except BaseException as exc:  # reported after the reads
+            send_error.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    first_error: BaseException | None = None
+    try:
+        for _ in messages:
+            try:
+                conn.reply()
+            except QMPFailure as exc:
+                first_error = first_error or exc
+    finally:
+        thread.join()
+    if send_error:
+        raise send_error[0]
     if first_error is not None:
         raise first_error
 
 
-def add_null_pairs(conn: SyncQMP, prefix: str, n: int, size: int) -> list[tuple[str, str]]:
+def add_null_pairs(
+    conn: SyncQMP, prefix: str, n: int, size: int, read_zeroes: bool = False
+) -> list[tuple[str, str]]:
     pairs = [(f"{prefix}s{i}", f"{prefix}t{i}") for i in range(n)]
     msgs = []
     for s, t in pairs:
-        msgs.append(command_bytes("blockdev-add", null_node(s, size)))
-        msgs.append(command_bytes("blockdev-add", null_node(t, size)))
+        msgs.append(command_bytes("blockdev-add", null_node(s, size, read_zeroes)))
+        msgs.append(command_bytes("blockdev-add", null_node(t, size, read_zeroes)))
     for i in range(0, len(msgs), 2000):
         pipelined(conn, msgs[i : i + 2000])
     return pairs
