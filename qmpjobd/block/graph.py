@@ -166,6 +166,8 @@ class BlockGraph:
         self._pending.discard(node.node_name)
         node._order = order
         self._nodes[node.node_name] = node
+        for child in node.children.values():
+            child.parent_count += 1
         opened.append(node)
 
     def _child(
@@ -333,7 +335,7 @@ class BlockGraph:
 
     def has_parents(self, node: BlockNode) -> bool:
         """Whether another node uses ``node`` as a child."""
-        return any(node in other.children.values() for other in self._nodes.values())
+        return node.parent_count > 0
 
     # -- blockdev-del -----------------------------------------------------
 
@@ -370,6 +372,8 @@ class BlockGraph:
     def _forget(self, node: BlockNode) -> None:
         if self._nodes.get(node.node_name) is node:
             del self._nodes[node.node_name]
+            for child in node.children.values():
+                child.parent_count -= 1
         node.close()
 
     # -- files ------------------------------------------------------------

@@ -112,6 +112,8 @@ class BlockNode:
         self.monitor_owned = False
         #: parents + monitor ownership + outside references
         self.refcnt = 0
+        #: How many registered nodes of the graph have this one as a child.
+        self.parent_count = 0
         self.closed = False
         self._blockers: list[JobBlocker] = []
         #: block backends attached to the node (a mirror's target): blockdev-del
