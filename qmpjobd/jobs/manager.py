@@ -103,10 +103,10 @@ class _Drained(contextlib.AbstractAsyncContextManager[None]):
         which = self._which
         if which is None:
             # QEMU drains every node in turn: the oldest job pauses first.
-            jobs = [j for j in reversed(manager._jobs) if not j.completed]
+            jobs = [j for j in manager._jobs.values() if not j.completed]
         else:
             # One node's users, newest first (jobs created inside come first).
-            jobs = [j for j in manager._jobs if not j.completed and which(j)]
+            jobs = [j for j in reversed(manager._jobs.values()) if not j.completed and which(j)]
         section = self._section = _DrainSection(which, jobs)
         manager._drain_sections.append(section)
         try:
@@ -140,7 +140,8 @@ class JobManager:
     def __init__(self, bus: EventBus, clock: Clock) -> None:
         self._bus = bus
         self.clock = clock
-        self._jobs: list[Job] = []  # newest first
+        #: Live jobs by id, oldest first (QEMU lists them newest first).
+        self._jobs: dict[str, Job] = {}
         self._tasks: dict[Job, asyncio.Task[None]] = {}
         self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
@@ -152,9 +153,8 @@ class JobManager:
         return self._bus
 
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
-        if new is JobStatus.NULL:
-            with contextlib.suppress(ValueError):
-                self._jobs.remove(job)
+        if new is JobStatus.NULL and self._jobs.get(job.id) is job:
+            del self._jobs[job.id]
         self._job_activity()
 
     def _job_activity(self) -> None:
@@ -172,13 +172,10 @@ class JobManager:
     # ----------------------------------------------------------------- lookup
 
     def jobs_newest_first(self) -> list[Job]:
-        return list(self._jobs)
+        return list(reversed(self._jobs.values()))
 
     def get(self, job_id: str) -> Job | None:
-        for job in self._jobs:
-            if job.id == job_id:
-                return job
-        return None
+        return self._jobs.get(job_id)
 
     def find(self, job_id: str) -> Job:
         """:raise QMPError: GenericError "Job not found"."""
@@ -204,7 +201,7 @@ class JobManager:
                 id=job.id,
                 error=job.error,
             )
-            for job in self._jobs
+            for job in reversed(self._jobs.values())
         ]
 
     def query_block_jobs(self) -> list[BlockJobInfo]:
@@ -224,7 +221,7 @@ class JobManager:
                 type=job.type._value_,
                 error=job.error if job.ret != 0 else None,
             )
-            for job in self._jobs
+            for job in reversed(self._jobs.values())
             if job.is_block_job
         ]
 
@@ -256,7 +253,7 @@ class JobManager:
             txn = Transaction(grouped=False)
         job = Job(job_id, driver, self, txn, auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
         txn.jobs.insert(0, job)
-        self._jobs.insert(0, job)
+        self._jobs[job_id] = job
         set_status(job, JobStatus.CREATED)
         # A job created inside a drained section is paused by it too.
         for section in self._drain_sections:
@@ -616,7 +613,7 @@ class JobManager:
         """
         async with self.drained():
             while self._jobs:
-                job = self._jobs[0]
+                job = next(reversed(self._jobs.values()))
                 if job.status is JobStatus.CONCLUDED:
                     self._do_dismiss(job)
                     continue
@@ -631,7 +628,7 @@ class JobManager:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        for job in self._jobs:
+        for job in self._jobs.values():
             if job._timer is not None:
                 job._timer.cancel()
                 job._timer = None
