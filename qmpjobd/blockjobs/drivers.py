@@ -41,8 +41,12 @@ class BlockJobDriver(JobDriver):
         executor: Executor,
         on_source_error: OnError = "report",
         on_target_error: OnError = "report",
+        zero_target: bool = False,
     ) -> None:
         self.source = source
+        #: The target reads zeros where nothing was written (a new file), so
+        #: holes of the source need no write.
+        self.zero_target = zero_target
         self.target = target
         self.nodes: tuple[BlockNode, ...] = (source, target)
         self.executor = executor
@@ -72,7 +76,7 @@ class BlockJobDriver(JobDriver):
     #: discarded (mirror), as QEMU's block-copy and mirror do.
     copy_unknown = True
 
-    def copier(self, job: Job, *, zero_target: bool) -> Copier:
+    def copier(self, job: Job) -> Copier:
         return Copier(
             job,
             self.source,
@@ -81,7 +85,7 @@ class BlockJobDriver(JobDriver):
             limiter=self.limiter,
             on_source_error=self.on_source_error,
             on_target_error=self.on_target_error,
-            zero_target=zero_target,
+            zero_target=self.zero_target,
             retry_stopped_on_cancel=self.retry_stopped_on_cancel,
             copy_unknown=self.copy_unknown,
         )
@@ -119,9 +123,9 @@ class BackupDriver(BlockJobDriver):
             executor=executor,
             on_source_error=on_source_error,
             on_target_error=on_target_error,
+            zero_target=zero_target,
         )
         self.sync = sync
-        self.zero_target = zero_target
 
     async def run(self, job: Job) -> None:
         size = self.source.size
@@ -134,7 +138,7 @@ class BackupDriver(BlockJobDriver):
         def progress(ext: Extent) -> None:
             job.progress_update(round_up(ext.end, CLUSTER) - ext.offset)
 
-        copier = self.copier(job, zero_target=self.zero_target)
+        copier = self.copier(job)
         try:
             if await copier.copy_all(0, size, progress):
                 await copier.flush()
@@ -160,7 +164,7 @@ class MirrorDriver(BlockJobDriver):
         target: BlockNode,
         *,
         copy_all: bool,
-        target_is_zero: bool,
+        zero_target: bool,
         clock: Clock,
         executor: Executor,
         on_source_error: OnError = "report",
@@ -173,9 +177,9 @@ class MirrorDriver(BlockJobDriver):
             executor=executor,
             on_source_error=on_source_error,
             on_target_error=on_target_error,
+            zero_target=zero_target,
         )
         self.copy_all = copy_all
-        self.target_is_zero = target_is_zero
 
     def cancel_hook(self, job: Job, force: bool) -> bool:
         return force or not job.ready
@@ -189,7 +193,7 @@ class MirrorDriver(BlockJobDriver):
         size = self.source.size
         if self.target.size != size:
             raise JobFailure("Source and target image have different sizes", errno_mod.EINVAL)
-        copier = self.copier(job, zero_target=self.target_is_zero)
+        copier = self.copier(job)
         try:
             if self.copy_all:
                 job.progress_set_remaining(size)

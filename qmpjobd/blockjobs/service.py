@@ -292,7 +292,7 @@ class BlockJobService:
         """
         source = self._root_node(args["device"])
         target = self.graph.lookup(args["target"])
-        self._mirror_common(args, source, target, None, target_is_zero=False)
+        self._mirror_common(args, source, target, None, zero_target=False)
 
     async def drive_mirror(self, args: Mapping[str, Any]) -> None:
         """``drive-mirror``: creates the target file unless ``mode`` is existing.
@@ -317,7 +317,7 @@ class BlockJobService:
             await self.graph.create_file(filename, source.size)
         ref = self._open_target(filename, fmt, args.get("node-name"), {})
         try:
-            self._mirror_common(args, source, ref.node, ref, target_is_zero=mode != "existing")
+            self._mirror_common(args, source, ref.node, ref, zero_target=mode != "existing")
         except BaseException:
             ref.release()
             raise
@@ -329,7 +329,7 @@ class BlockJobService:
         target: BlockNode,
         target_ref: NodeReference | None,
         *,
-        target_is_zero: bool,
+        zero_target: bool,
     ) -> Job:
         granularity = args.get("granularity", 0)
         if granularity and not 512 <= granularity <= 64 << 20:
@@ -360,12 +360,12 @@ class BlockJobService:
         # With no guest writes, "none" has nothing to copy. On a zeroed target
         # QEMU's mirror marks only allocated blocks dirty, and a null-co
         # source without read-zeroes has none.
-        copy_all = sync != "none" and not (target_is_zero and _unallocated(source))
+        copy_all = sync != "none" and not (zero_target and _unallocated(source))
         driver = MirrorDriver(
             source,
             target,
             copy_all=copy_all,
-            target_is_zero=target_is_zero,
+            zero_target=zero_target,
             clock=self.jobs.clock,
             executor=self.graph.executor,
             on_source_error=cast(OnError, args.get("on-source-error", "report")),
