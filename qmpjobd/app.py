@@ -99,6 +99,9 @@ class App:
 
     async def shutdown(self) -> None:
         self.server.stop_accepting()
+        # No command may start (or go on) while the jobs wind down.
+        if not await self.server.dispatcher.close(self.config.job_cancel_deadline):
+            log.warning("a command was still running at shutdown")
         await self.prepare_quit()
         await self.server.close(self.config.shutdown_deadline)
         await self.jobs.aclose()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import protocol, wire
 from .commands import CommandTable
+from .dispatch import Dispatcher
 from .errors import ConfigError
 from .events import Event, EventBus, Subscription
 from .session import Session
@@ -53,6 +54,8 @@ class Server:
         self.socket_mode = socket_mode
         self.max_outbound = max_outbound
         self.sessions: set[Session] = set()
+        #: Runs the in-band commands of every session one at a time.
+        self.dispatcher = Dispatcher()
         #: Negotiated sessions in the order they negotiated: event recipients.
         self._listeners: dict[Session, None] = {}
         self._servers: list[asyncio.Server] = []

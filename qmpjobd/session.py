@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from . import protocol, wire
 from .commands import CommandTable
+from .dispatch import Dispatcher
 from .errors import QMPError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class SessionHost(Protocol):
     negotiation_table: CommandTable
     command_table: CommandTable
     max_outbound: int
+    dispatcher: Dispatcher
 
     def negotiated(self, session: Session) -> None: ...
 
@@ -114,6 +116,7 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.runstate = Runstate.CLOSED
         self._queue.clear()
+        self.server.dispatcher.forget(self)
         self.server.forget(self)
         if self._task is not None and not self._task.done():
             # The command goes on to completion; only its reply has nowhere to go.
@@ -171,8 +174,14 @@ class Session(asyncio.Protocol):
         if self._queue and self._batch is None:
             self.server.flush_events()  # what happened before these requests comes first
             self._batch = []
+            dispatcher = self.server.dispatcher
             try:
                 while self._queue and not self._busy and self.runstate is not Runstate.CLOSED:
+                    if not dispatcher.free_for(self):
+                        # Another monitor's command is waiting for something:
+                        # ours run after it, as in QEMU's one dispatcher.
+                        dispatcher.wait(self, self._pump)
+                        break
                     self._run_one(self._queue.popleft())
             finally:
                 batch, self._batch = self._batch, None
@@ -216,6 +225,7 @@ class Session(asyncio.Protocol):
             return
         if type(result) is CoroutineType:  # an async handler
             self._busy = True
+            self.server.dispatcher.acquire(self)
             self._task = asyncio.get_running_loop().create_task(
                 self._finish(table, request, result)
             )
@@ -235,6 +245,7 @@ class Session(asyncio.Protocol):
         finally:
             self._busy = False
             self._task = None
+            self.server.dispatcher.release(self)
         self._pump()
 
     def _reply(self, result: Any, req_id: Any) -> None:

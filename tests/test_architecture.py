@@ -14,6 +14,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "errors": {"*"},
     "clock": {"*"},
     "qdict": {"*"},
+    "dispatch": {"*"},
     "events": {
         "jobs",
         "block",

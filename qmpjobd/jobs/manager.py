@@ -82,8 +82,11 @@ def _has_concluded(job: Job) -> Callable[[], bool]:
     return lambda: job.status in (JobStatus.CONCLUDED, JobStatus.NULL)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _DrainSection:
+    """One open drained section. Compared by identity: two sections over the
+    same jobs are still two sections, each with its own pauses to drop."""
+
     which: Callable[[Job], bool] | None
     jobs: list[Job]
 
@@ -125,9 +128,15 @@ class _Drained(contextlib.AbstractAsyncContextManager[None]):
 
     def _leave(self, section: _DrainSection) -> None:
         self._section = None
-        self._manager._drain_sections.remove(section)
-        for job in section.jobs:
-            job._resume()
+        sections = self._manager._drain_sections
+        try:
+            for i, open_section in enumerate(sections):
+                if open_section is section:
+                    del sections[i]
+                    break
+        finally:
+            for job in section.jobs:
+                job._resume()
 
 
 class JobManager:
