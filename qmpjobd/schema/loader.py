@@ -1,4 +1,10 @@
-"""Loading: the schema files under ``schema/``, read and checked once.
+"""Loading: the schema files shipped in the package, read and checked once.
+
+The files live in the repository's ``schema/`` directory; the package holds
+them as ``qmpjobd/_schema_data`` (a link to ``schema/`` in the source tree,
+the files themselves in a wheel or an sdist). They are read with
+:mod:`importlib.resources`, so the daemon finds them wherever it is
+installed and whatever its working directory.
 
 The files are JSON Schema (draft 2020-12). Each command's file describes
 its ``arguments`` object and carries three annotations of ours:
@@ -10,11 +16,11 @@ Must not import: jobs, block.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,13 +28,16 @@ import jsonschema
 from .introspect import introspect
 from .validate import SchemaError, StockValidator, Walker, standardise, stock_registry
 
+#: Where the schema files sit inside the package.
+DATA_DIR = "_schema_data"
+
 
 def default_schema_dir() -> Traversable:
-    """``schema/`` beside the package (source tree and editable installs)."""
-    candidate = Path(__file__).resolve().parent.parent.parent / "schema"
-    if not candidate.is_dir():
-        raise SchemaError("schema directory not found")
-    return candidate
+    """The schema files shipped in the package."""
+    root = importlib.resources.files("qmpjobd") / DATA_DIR
+    if not root.is_dir():
+        raise SchemaError(f"schema files not found: no {DATA_DIR} in the qmpjobd package")
+    return root
 
 
 @dataclass
