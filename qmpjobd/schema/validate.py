@@ -23,7 +23,7 @@ import referencing
 import referencing.jsonschema
 
 from ..errors import QMPError, QmpJobdError
-from ..qdict import first_unexpected
+from ..wire.qdict import first_unexpected
 
 TYPE_PREFIX: Final = "qmpjobd:type/"
 _INT64 = (-(1 << 63), (1 << 63) - 1)
