@@ -194,3 +194,9 @@ def test_schema_is_a_package_of_loader_validate_introspect() -> None:
     for module in ("validate.py", "introspect.py"):
         imported = _imports(folder / module)
         assert not imported & {"importlib.resources", "pathlib"}, module
+
+
+def test_test_helpers_live_in_tests_support() -> None:
+    tests = Path(__file__).parent
+    assert sorted(p.name for p in tests.glob("test_*_support.py")) == []
+    assert (tests / "support" / "__init__.py").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import install
+from .support import install
 
 
 @pytest.mark.timeout(180)

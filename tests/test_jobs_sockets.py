@@ -13,7 +13,7 @@ from qmpjobd.app import App
 from qmpjobd.jobs import JobType
 
 from .conftest import RawClient
-from .test_jobs_support import ScriptedDriver
+from .support.jobs import ScriptedDriver
 
 
 def _events(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
