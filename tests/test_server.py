@@ -20,6 +20,8 @@ from qmpjobd.errors import ConfigError
 
 from .conftest import RawClient
 
+pytestmark = pytest.mark.usefixtures("collect_garbage")
+
 GREETING_VERSION = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "qmpjobd 0.1.0"}
 
 
