@@ -6,7 +6,8 @@ install the wheel into a fresh venv, start the installed ``qmpjobd`` from
 ``tests/test_install.py`` runs it without network access: the wheel is built
 without build isolation, and the fresh venv borrows the test environment's
 dependencies (never qmpjobd itself). CI runs ``python -m tests.support.install``,
-which installs the wheel's dependencies from the package index instead.
+which installs the wheel's dependencies from the package index instead
+(``QMPJOBD_OFFLINE=1`` borrows them there too).
 """
 
 from __future__ import annotations
