@@ -390,11 +390,15 @@ class FileNode(BlockNode):
         super().__init__(ctx, node_name, options)
         self.path = str(options["filename"])
         self._fd = fd
+        # Like QEMU, the length is read once, at open: a file that shrinks
+        # or grows behind the node's back keeps its length here, and what
+        # lies past the file's real end reads as zeros.
+        self._size = os.fstat(fd).st_size
 
     def _length(self) -> int:
         if self.closed:
             return 0
-        return os.fstat(self._fd).st_size
+        return self._size
 
     def file_path(self) -> Path | None:
         return Path(self.path)
