@@ -17,9 +17,9 @@ from .job import (
     Transaction,
     set_status,
 )
-from .manager import BlockJobInfo, JobInfo, JobManager
+from .listener import JobListener
+from .manager import JobInfo, JobManager
 from .tables import (
-    BLOCK_JOB_TYPES,
     COMPLETED_STATUSES,
     TRANSITIONS,
     VERB_TABLE,
@@ -31,11 +31,9 @@ from .tables import (
 )
 
 __all__ = [
-    "BLOCK_JOB_TYPES",
     "COMPLETED_STATUSES",
     "TRANSITIONS",
     "VERB_TABLE",
-    "BlockJobInfo",
     "ErrorAction",
     "IoOperation",
     "IoStatus",
@@ -43,6 +41,7 @@ __all__ = [
     "JobDriver",
     "JobFailure",
     "JobInfo",
+    "JobListener",
     "JobManager",
     "JobStateError",
     "JobStatus",

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..events import EventBus
-from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, JobStatus, JobType
+from .tables import COMPLETED_STATUSES, TRANSITIONS, JobStatus, JobType
 
 if TYPE_CHECKING:
     from .driver import JobDriver
+    from .listener import JobListener
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class JobHost(Protocol):
 
     @property
     def bus(self) -> EventBus: ...
+
+    @property
+    def listeners(self) -> tuple[JobListener, ...]: ...
 
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None: ...
 
@@ -139,10 +143,6 @@ class Job:
     # ----------------------------------------------------------------- views
 
     @property
-    def is_block_job(self) -> bool:
-        return self.type in BLOCK_JOB_TYPES
-
-    @property
     def started(self) -> bool:
         return self._started
 
@@ -153,12 +153,12 @@ class Job:
 
     @property
     def paused(self) -> bool:
-        """BlockJobInfo ``paused``: a pause was requested (pause_count > 0)."""
+        """A pause was requested (pause_count > 0)."""
         return self.pause_count > 0
 
     @property
     def ready(self) -> bool:
-        """BlockJobInfo ``ready``: READY or STANDBY."""
+        """READY or STANDBY."""
         return self.status in (JobStatus.READY, JobStatus.STANDBY)
 
     @property
@@ -175,31 +175,6 @@ class Job:
     def cancel_requested(self) -> bool:
         """Any cancel (soft or force) was requested."""
         return self.cancelled
-
-    @property
-    def device(self) -> str:
-        """Block jobs: the ``device`` of BlockJobInfo and events (the job id)."""
-        return self.id
-
-    @property
-    def len(self) -> int:
-        """Block jobs: ``len`` (total progress)."""
-        return self.total_progress
-
-    @property
-    def offset(self) -> int:
-        """Block jobs: ``offset`` (current progress)."""
-        return self.current_progress
-
-    def block_event_data(self) -> dict[str, Any]:
-        """``device, len, offset, speed, type`` in QEMU 7.2's wire order."""
-        return {
-            "device": self.id,
-            "len": self.total_progress,
-            "offset": self.current_progress,
-            "speed": self.speed,
-            "type": self.type._value_,
-        }
 
     # -------------------------------------------------------------- progress
 
@@ -244,23 +219,21 @@ class Job:
         await self.pause_point()
 
     def transition_to_ready(self) -> None:
-        """RUNNING -> READY, with BLOCK_JOB_READY for block jobs."""
+        """RUNNING -> READY; the listeners hear of it right after."""
         set_status(self, JobStatus.READY)
-        if self.is_block_job:
-            self._host.bus.publish("BLOCK_JOB_READY", self.block_event_data())
+        for listener in self._host.listeners:
+            listener.job_ready(self)
 
     def report_io_error(self, operation: IoOperation, action: ErrorAction, errno: int) -> None:
         """Report a failed I/O request with the action the error policy chose.
 
-        Publishes BLOCK_JOB_ERROR. For ``stop`` the job is paused as by the
-        user (unless it already is) and io-status becomes ``failed``
+        The listeners hear of it first. For ``stop`` the job is paused as by
+        the user (unless it already is) and io-status becomes ``failed``
         (``nospace`` for ENOSPC) if it was ``ok``; the driver parks at its
         next pause point and retries after resume.
         """
-        if self.is_block_job:
-            self._host.bus.publish(
-                "BLOCK_JOB_ERROR", {"device": self.id, "operation": operation, "action": action}
-            )
+        for listener in self._host.listeners:
+            listener.job_io_error(self, operation, action)
         if action == "stop":
             if not self.user_paused:
                 self._pause()

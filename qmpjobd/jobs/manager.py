@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..clock import Clock
-from ..errors import ErrorClass, QMPError
+from ..errors import QMPError
 from ..events import EventBus
 from .driver import JobDriver, JobFailure
-from .job import IoStatus, Job, JobStateError, Transaction, set_status
+from .job import Job, JobStateError, Transaction, set_status
+from .listener import JobListener
 from .tables import JobStatus, JobVerb, verb_allowed
 
 log = logging.getLogger(__name__)
@@ -42,25 +43,6 @@ class JobInfo:
     total_progress: int
     type: str
     id: str
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BlockJobInfo:
-    """One ``query-block-jobs`` entry; fields in QEMU 7.2's wire order."""
-
-    auto_finalize: bool
-    io_status: IoStatus
-    device: str
-    auto_dismiss: bool
-    busy: bool
-    len: int
-    offset: int
-    status: str
-    paused: bool
-    speed: int
-    ready: bool
-    type: str
     error: str | None = None
 
 
@@ -154,12 +136,21 @@ class JobManager:
         self._tasks: dict[Job, asyncio.Task[None]] = {}
         self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
+        self._listeners: tuple[JobListener, ...] = ()
+
+    def add_listener(self, listener: JobListener) -> None:
+        """Have ``listener`` told about every job's life from now on."""
+        self._listeners = (*self._listeners, listener)
 
     # ------------------------------------------------------- JobHost protocol
 
     @property
     def bus(self) -> EventBus:
         return self._bus
+
+    @property
+    def listeners(self) -> tuple[JobListener, ...]:
+        return self._listeners
 
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
         if new is JobStatus.NULL and self._jobs.get(job.id) is job:
@@ -193,13 +184,6 @@ class JobManager:
             raise QMPError("Job not found")
         return job
 
-    def find_block_job(self, device: str) -> Job:
-        """:raise QMPError: DeviceNotActive "Block job '%s' not found"."""
-        job = self.get(device)
-        if job is None or not job.is_block_job:
-            raise QMPError(f"Block job '{device}' not found", ErrorClass.DEVICE_NOT_ACTIVE)
-        return job
-
     def query_jobs(self) -> list[JobInfo]:
         return [
             JobInfo(
@@ -211,27 +195,6 @@ class JobManager:
                 error=job.error,
             )
             for job in reversed(self._jobs.values())
-        ]
-
-    def query_block_jobs(self) -> list[BlockJobInfo]:
-        return [
-            BlockJobInfo(
-                auto_finalize=job.auto_finalize,
-                io_status=job.io_status,
-                device=job.id,
-                auto_dismiss=job.auto_dismiss,
-                busy=job.busy,
-                len=job.total_progress,
-                offset=job.current_progress,
-                status=job.status._value_,
-                paused=job.paused,
-                speed=job.speed,
-                ready=job.ready,
-                type=job.type._value_,
-                error=job.error if job.ret != 0 else None,
-            )
-            for job in reversed(self._jobs.values())
-            if job.is_block_job
         ]
 
     # -------------------------------------------------------- create / start
@@ -378,9 +341,8 @@ class JobManager:
             return
         for member in list(txn.jobs):
             set_status(member, JobStatus.PENDING)
-            if not member.auto_finalize and member.is_block_job:
-                data = {"type": member.type._value_, "id": member.id}
-                self._bus.publish("BLOCK_JOB_PENDING", data)
+            for listener in self._listeners:
+                listener.job_pending(member)
         if all(member.auto_finalize for member in txn.jobs):
             self._do_finalize(job)
 
@@ -420,14 +382,9 @@ class JobManager:
             driver.clean(job)
         except Exception:
             log.exception("job %r: finalization hook failed", job.id)
-        if job._started and job.is_block_job:
-            if job.is_cancelled:
-                self._bus.publish("BLOCK_JOB_CANCELLED", job.block_event_data())
-            else:
-                data = job.block_event_data()
-                if job.ret != 0 and job.error is not None:
-                    data["error"] = job.error
-                self._bus.publish("BLOCK_JOB_COMPLETED", data)
+        if job._started:
+            for listener in self._listeners:
+                listener.job_finalized(job)
         with contextlib.suppress(ValueError):
             job.txn.jobs.remove(job)
         set_status(job, JobStatus.CONCLUDED)
@@ -514,16 +471,6 @@ class JobManager:
         """
         self._apply_verb(job, JobVerb.CANCEL)
         self._cancel(job, force)
-
-    def block_job_cancel(self, job: Job, device_text: str, force: bool = False) -> None:
-        """block-job-cancel: refuses a soft cancel of a user-paused job first.
-
-        :raise QMPError: "The block job for device '%s' is currently paused",
-            or the verb error.
-        """
-        if job.user_paused and not force:
-            raise QMPError(f"The block job for device '{device_text}' is currently paused")
-        self.cancel(job, force)
 
     def complete(self, job: Job) -> None:
         """job-complete / block-job-complete.
