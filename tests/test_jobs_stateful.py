@@ -246,10 +246,10 @@ class JobMachine(RuleBasedStateMachine):
         m = self.pick(index)
         assert m is not None
         if up:
-            self.loop.run_until_complete(_call(m.job._pause))
+            self.loop.run_until_complete(_call(m.job.request_pause))
             m.internal += 1
         elif m.internal > 0:
-            self.loop.run_until_complete(_call(m.job._resume))
+            self.loop.run_until_complete(_call(m.job.drop_pause))
             m.internal -= 1
         self.settle()
 

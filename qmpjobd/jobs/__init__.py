@@ -14,7 +14,6 @@ from .job import (
     IoStatus,
     Job,
     JobStateError,
-    Transaction,
     set_status,
 )
 from .listener import JobListener
@@ -29,6 +28,7 @@ from .tables import (
     transition_allowed,
     verb_allowed,
 )
+from .txn import Transaction
 
 __all__ = [
     "COMPLETED_STATUSES",
