@@ -1140,18 +1140,28 @@ class Qcow2Image:
 
     # -- writing ----------------------------------------------------------
 
-    def _cluster_content(self, entry: int, guest: int, backing_read: BackingRead | None) -> bytes:
-        """What a cluster reads as now (for copy-on-write)."""
+    def _cow_content(self, entry: int, piece: _Piece, backing_read: BackingRead | None) -> bytes:
+        """The whole cluster of a partial write: its current contents around the data.
+
+        From the backing image only the parts :meth:`cow_ranges` names are read.
+        """
         cs = self._cs
+        end = piece.start + len(piece.data)
         kind = self._kind(entry)
-        if kind is Allocation.ZERO:
-            return bytes(cs)
         if kind is Allocation.UNALLOCATED:
-            n = min(cs, self.header.size - guest)
-            return self._backing(backing_read, guest, n) + bytes(cs - n)
-        if entry & OFLAG_COMPRESSED:
-            return self._read_compressed(entry)
-        return self.file.pread(entry & L2E_OFFSET_MASK, cs)
+            valid = min(cs, self.header.size - piece.guest)
+            head = self._backing(backing_read, piece.guest, piece.start) if piece.start else b""
+            tail = b""
+            if end < valid:
+                tail = self._backing(backing_read, piece.guest + end, valid - end)
+            return head + piece.data + tail + bytes(cs - max(end, valid))
+        if kind is Allocation.ZERO:
+            base = bytes(cs)
+        elif entry & OFLAG_COMPRESSED:
+            base = self._read_compressed(entry)
+        else:
+            base = self.file.pread(entry & L2E_OFFSET_MASK, cs)
+        return base[: piece.start] + piece.data + base[end:]
 
     def write(self, offset: int, data: bytes, backing_read: BackingRead | None = None) -> None:
         """Write ``data`` at guest ``offset``.
@@ -1195,11 +1205,12 @@ class Qcow2Image:
                 continue
             if whole:
                 content = piece.data
-            else:
-                base = (
-                    bytes(cs) if owned else self._cluster_content(entry, piece.guest, backing_read)
+            elif owned:  # a preallocated zero cluster
+                content = (
+                    bytes(piece.start) + piece.data + bytes(cs - piece.start - len(piece.data))
                 )
-                content = base[: piece.start] + piece.data + base[piece.start + len(piece.data) :]
+            else:
+                content = self._cow_content(entry, piece, backing_read)
             (rewrite if owned else relocate).append((piece, content))
         # 1. New clusters: refcounts first.
         targets: list[tuple[_Piece, int, bytes]] = []
