@@ -204,6 +204,7 @@ def test_created_images_pass_qemu_img_check_and_info(tmp_path: Path, opts: dict[
         assert data["refcount-bits"] == 16
     assert qemu_raw(path, tmp_path) == bytes(size)
     with Qcow2Image.open_path(path, read_only=True) as image:
+        assert image.format_specific() == data
         assert image.size == size
         assert image.read(0, size) == bytes(size)
         kinds = {kind for kind, _host in our_map(image)}
@@ -570,6 +571,37 @@ def test_refcount_table_grows(tmp_path: Path) -> None:
     assert after.refcount_table_offset != before.refcount_table_offset
     assert_clean(path)
     assert qemu_raw(path, tmp_path)[512 : 512 + len(data)] == data
+
+
+def test_resize_grows_the_image(tmp_path: Path) -> None:
+    path = tmp_path / "r.qcow2"
+    create_path(path, MiB, cluster_size=512, refcount_bits=8)
+    data = random.Random(2).randbytes(300000)
+    with Qcow2Image.open_path(path) as image:
+        image.write(1000, data)
+        l1_offset = image.header.l1_table_offset
+        image.resize(MiB + 4096)  # the L1 table's cluster has room for one more entry
+        assert (image.header.l1_size, image.header.l1_table_offset) == (33, l1_offset)
+        image.resize(20 * MiB)  # the L1 table moves
+        assert image.header.l1_size == 640
+        assert image.header.l1_table_offset != l1_offset
+        image.write(19 * MiB, b"\x42" * 5000)
+        with pytest.raises(Qcow2Error) as info:
+            image.resize(MiB)
+        assert info.value.desc == "Shrinking qcow2 images is not supported"
+    assert_clean(path)
+    assert qemu_info(path)["virtual-size"] == 20 * MiB
+    raw = qemu_raw(path, tmp_path)
+    assert raw[1000:301000] == data
+    assert raw[19 * MiB : 19 * MiB + 5000] == b"\x42" * 5000
+    assert raw.count(0) == len(raw) - len(data) - 5000 + data.count(0)
+
+
+def test_create_leaves_no_file_behind_on_errors(tmp_path: Path) -> None:
+    path = tmp_path / "n.qcow2"
+    with pytest.raises(Qcow2Error):
+        create_path(path, MiB, cluster_size=512, backing_file="b" * 600)
+    assert not path.exists()
 
 
 def test_set_backing_rewrites_the_header(tmp_path: Path) -> None:

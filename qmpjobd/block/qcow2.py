@@ -1358,6 +1358,88 @@ class Qcow2Image:
             elif self.header.version >= 3:
                 self._set_entries(start, stop - start, lambda _old: OFLAG_ZERO)
 
+    # -- size ---------------------------------------------------------------
+
+    def _alloc_contiguous(self, count: int) -> int:
+        """Allocate ``count`` adjacent clusters at the end of the file; the first's offset."""
+        cs = self._cs
+        while True:
+            start = max(_clusters(self._file_size, cs), 1)
+            tables = range(start // self._rb_entries, (start + count - 1) // self._rb_entries + 1)
+            missing = [t for t in tables if not self._has_block(t)]
+            if missing:
+                self._make_refblock(missing[0])
+                continue  # the new block may sit where the run was to go
+            if any(self.get_refcount(c) for c in range(start, start + count)):
+                self._grow_file((start + count) * cs)
+                continue
+            self._grow_file((start + count) * cs)
+            for cluster in range(start, start + count):
+                self._update_refcount(cluster, 1)
+            return start * cs
+
+    def resize(self, size: int) -> None:
+        """Grow the virtual size to ``size`` bytes (the L1 table moves if it must).
+
+        The new area is unallocated here: with a backing image longer than the
+        old size, the caller zeroes it (``write_zeroes``) as QEMU does.
+
+        :raise Qcow2Error: shrinking, or a size that is not a multiple of 512.
+        """
+        with self._lock:
+            if self.read_only:
+                raise OSError(errno_mod.EROFS, "image is read-only")
+            hdr = self.header
+            if size % SECTOR or size < 0:
+                raise Qcow2Error(f"Image size must be a multiple of {SECTOR} bytes")
+            if size < hdr.size:
+                raise Qcow2Error("Shrinking qcow2 images is not supported")
+            l1_size = _clusters(size, self._cs << self._l2_bits)
+            if l1_size * 8 > MAX_L1_BYTES:
+                raise Qcow2Error("Active L1 table too large")
+            if l1_size <= hdr.l1_size:
+                hdr.size = size
+                self.file.pwrite(24, _U64.pack(size))
+                self.file.sync()
+                return
+            old_offset, old_size = hdr.l1_table_offset, hdr.l1_size
+            old_count = _clusters(old_size * 8, self._cs)
+            count = _clusters(l1_size * 8, self._cs)
+            l1 = array("Q", self._l1)
+            l1.extend([0] * (l1_size - len(l1)))
+            if count == old_count:
+                # Room in the table's last cluster: new zero entries, then the header.
+                new_offset = old_offset
+                self.file.pwrite(old_offset + old_size * 8, bytes((l1_size - old_size) * 8))
+                old_count = 0
+            else:
+                new_offset = self._alloc_contiguous(count)
+                self._commit_refcounts()
+                self.file.pwrite(new_offset, _be_bytes(l1) + bytes(count * self._cs - l1_size * 8))
+            self.file.sync()
+            # size, crypt_method, l1_size, l1_table_offset: one write
+            fields = struct.pack(">QIIQ", size, hdr.crypt_method, l1_size, new_offset)
+            self.file.pwrite(24, fields)
+            self.file.sync()
+            hdr.size, hdr.l1_size, hdr.l1_table_offset = size, l1_size, new_offset
+            self._l1 = l1
+            if old_count:
+                self._free_clusters([(old_offset >> self._cb) + i for i in range(old_count)])
+
+    def format_specific(self) -> dict[str, object]:
+        """QEMU's ImageInfoSpecificQCow2 for this image (``format-specific`` ``data``)."""
+        hdr = self.header
+        if hdr.version < 3:
+            return {"compat": "0.10", "compression-type": "zlib", "refcount-bits": 16}
+        return {
+            "compat": "1.1",
+            "compression-type": "zlib",
+            "lazy-refcounts": self.lazy_refcounts,
+            "refcount-bits": self._rc_bits,
+            "corrupt": self.corrupt,
+            "extended-l2": False,
+        }
+
     # -- header changes -----------------------------------------------------
 
     def _rewrite_header(self) -> None:
@@ -1589,6 +1671,7 @@ def create_path(
         refcount_bits,
         preallocation,
     )
+    existed = os.path.exists(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     host = FdHostFile(fd, owned=True)
     try:
@@ -1603,5 +1686,9 @@ def create_path(
             refcount_bits=refcount_bits,
             preallocation=preallocation,
         )
+    except Qcow2Error:
+        if not existed:
+            os.unlink(path)
+        raise
     finally:
         host.close()
