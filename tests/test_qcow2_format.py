@@ -726,13 +726,55 @@ def test_refuses_unsupported_features(tmp_path: Path, opts: dict[str, str], text
     assert info.value.desc == text
 
 
+@pytest.mark.parametrize(
+    ("incompatible", "compression_type", "text"),
+    [
+        (8, 0, "qcow2: Compression type incompatible feature bit must not be set"),
+        (0, 1, "qcow2: Compression type incompatible feature bit must be set"),
+        (0, 5, "qcow2: unknown compression type: 5"),
+        (8, 5, "qcow2: unknown compression type: 5"),
+    ],
+)
+def test_refuses_bad_compression_types_like_qemu(
+    tmp_path: Path, incompatible: int, compression_type: int, text: str
+) -> None:
+    path = tmp_path / "ct.qcow2"
+    qemu_create(path, MiB)
+    patch(path, 72, ">Q", incompatible)
+    patch(path, 104, ">B", compression_type)
+    with pytest.raises(Qcow2Error) as info:
+        Qcow2Image.open_path(path, read_only=True)
+    assert info.value.desc == text
+    assert run("qemu-img", "info", path, check=False).stderr.strip().endswith(text)
+
+
 def test_refuses_encryption_and_non_qcow2_files(tmp_path: Path) -> None:
     path = tmp_path / "e.qcow2"
-    qemu_create(path, MiB)
+    run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=secret",
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=s0",
+        path,
+        "1M",
+    )
+    with pytest.raises(Qcow2Error) as info:
+        Qcow2Image.open_path(path, read_only=True)
+    assert info.value.desc == "Encrypted qcow2 images are not supported (encryption: aes)"
     patch(path, 32, ">I", 2)
     with pytest.raises(Qcow2Error) as info:
         Qcow2Image.open_path(path, read_only=True)
     assert info.value.desc == "Encrypted qcow2 images are not supported (encryption: luks)"
+    patch(path, 32, ">I", 3)
+    with pytest.raises(Qcow2Error) as info:
+        Qcow2Image.open_path(path, read_only=True)
+    assert info.value.desc == "Unsupported encryption method 3"
+    assert run("qemu-img", "info", path, check=False).stderr.strip().endswith(info.value.desc)
     raw = tmp_path / "r.raw"
     raw.write_bytes(bytes(4096))
     with pytest.raises(Qcow2Error) as info:

@@ -565,19 +565,19 @@ class Qcow2Image:
             if unsupported:
                 names.append(f"Unknown incompatible feature: {unsupported:x}")
             raise Qcow2Error("Unsupported qcow2 feature(s): " + ", ".join(names))
-        if hdr.incompatible_features & INCOMPAT_COMPRESSION and hdr.compression_type == 0:
-            raise Qcow2Error(
-                "Compression type incompatible feature bit must not be set when the "
-                "compression type is zlib"
-            )
+        compression_bit = bool(hdr.incompatible_features & INCOMPAT_COMPRESSION)
+        if hdr.compression_type > 1:
+            raise Qcow2Error(f"qcow2: unknown compression type: {hdr.compression_type}")
+        if hdr.compression_type == 0 and compression_bit:
+            raise Qcow2Error("qcow2: Compression type incompatible feature bit must not be set")
+        if hdr.compression_type != 0 and not compression_bit:
+            raise Qcow2Error("qcow2: Compression type incompatible feature bit must be set")
         if hdr.compression_type == 1:
             raise Qcow2Error("Unsupported qcow2 compression type: zstd (only zlib is supported)")
-        if hdr.compression_type > 1:
-            raise Qcow2Error(f"Unknown compression type '{hdr.compression_type}'")
         if hdr.crypt_method:
             method = {1: "aes", 2: "luks"}.get(hdr.crypt_method)
             if method is None:
-                raise Qcow2Error(f"Unsupported encryption method: {hdr.crypt_method}")
+                raise Qcow2Error(f"Unsupported encryption method {hdr.crypt_method}")
             raise Qcow2Error(f"Encrypted qcow2 images are not supported (encryption: {method})")
         if not read_only and hdr.incompatible_features & INCOMPAT_CORRUPT:
             raise Qcow2Error("qcow2: Image is corrupt; cannot be opened read/write")
