@@ -382,6 +382,37 @@ def test_reads_images_written_by_qemu(tmp_path: Path, opts: dict[str, str]) -> N
         assert our_map(image) == per_cluster_map(path, image.cluster_size)
 
 
+@pytest.mark.parametrize(
+    "opts", QEMU_IMAGES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
+)
+def test_writes_into_images_written_by_qemu(tmp_path: Path, opts: dict[str, str]) -> None:
+    path = tmp_path / "q.qcow2"
+    size = 3 * MiB + 1024
+    qemu_create(path, size, **opts)
+    qemu_io(path, *QEMU_WRITES)
+    model = bytearray(qemu_raw(path, tmp_path))
+    rnd = random.Random(11)
+    with Qcow2Image.open_path(path) as image:
+        for i in range(40):
+            offset = rnd.randrange(size)
+            length = min(rnd.randrange(1, 150000), size - offset)
+            if i % 4 == 3:
+                image.write_zeroes(offset, length, unmap=i % 8 == 3)
+                model[offset : offset + length] = bytes(length)
+            else:
+                image.write(offset, bytes([i + 1]) * length)
+                model[offset : offset + length] = bytes([i + 1]) * length
+        assert image.read(0, size) == model
+    assert_clean(path)
+    assert qemu_raw(path, tmp_path) == model
+    # And QEMU can keep writing.
+    qemu_io(path, "write -P 0x77 0 128k")
+    model[: 128 * KiB] = b"\x77" * (128 * KiB)
+    with Qcow2Image.open_path(path, read_only=True) as image:
+        assert image.read(0, size) == model
+    assert_clean(path)
+
+
 @pytest.mark.parametrize("cluster_size", ["65536", "4096", "2097152"])
 def test_reads_compressed_images(tmp_path: Path, cluster_size: str) -> None:
     raw = tmp_path / "src.raw"

@@ -709,6 +709,8 @@ class Qcow2Image:
     def _update_refcount(self, cluster: int, delta: int) -> None:
         """Change a refcount in memory (the block must exist); marks its block dirty."""
         table, index = divmod(cluster, self._rb_entries)
+        if not self._has_block(table):
+            raise _eio(f"cluster {cluster} has no refcount block")
         offset = self._rt[table] & REFT_OFFSET_MASK
         block = self._rb_load(offset)
         value = _rc_get(block, index, self._rc_bits) + delta
@@ -766,6 +768,9 @@ class Qcow2Image:
                 continue
             self._free_hint = found
             return found
+
+    def _cluster_taken(self, cluster: int) -> bool:
+        return cluster in self._reserved or self.get_refcount(cluster) != 0
 
     def _grow_file(self, end: int) -> None:
         if end > self._file_size:
@@ -837,10 +842,13 @@ class Qcow2Image:
                 if not self._has_block(t)
             ]
             entries = max(entries, (needed[-1] + 1) if needed else 0)
-            if len(needed) == len(new_blocks) and _clusters(entries * 8, cs) == table_clusters:
-                new_blocks = needed
-                break
+            stable = len(needed) == len(new_blocks)
             new_blocks = needed
+            if stable and _clusters(entries * 8, cs) == table_clusters:
+                in_use = [c for c in range(start, end) if self._cluster_taken(c)]
+                if not in_use:
+                    break
+                start = in_use[-1] + 1  # leaked clusters past the end of the file
         table_clusters = _clusters(entries * 8, cs)
         end = start + table_clusters + len(new_blocks)
         block_at = {t: (start + table_clusters + i) * cs for i, t in enumerate(new_blocks)}
@@ -1370,7 +1378,7 @@ class Qcow2Image:
             if missing:
                 self._make_refblock(missing[0])
                 continue  # the new block may sit where the run was to go
-            if any(self.get_refcount(c) for c in range(start, start + count)):
+            if any(self._cluster_taken(c) for c in range(start, start + count)):
                 self._grow_file((start + count) * cs)
                 continue
             self._grow_file((start + count) * cs)
