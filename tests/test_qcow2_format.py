@@ -942,6 +942,13 @@ CHILD = textwrap.dedent(
     import random, sys
     from qmpjobd.block.qcow2 import Qcow2Image
     path, seed = sys.argv[1], int(sys.argv[2])
+    reader = None
+    if len(sys.argv) > 3:
+        backing = open(sys.argv[3], "rb").read()
+
+        def reader(offset, length):
+            return backing[offset : offset + length].ljust(length, b"\\0")
+
     rnd = random.Random(seed)
     image = Qcow2Image.open_path(path)
     size = image.size
@@ -951,9 +958,9 @@ CHILD = textwrap.dedent(
         length = min(rnd.randrange(1, 200000), size - offset)
         op = rnd.random()
         if op < 0.6:
-            image.write(offset, bytes([rnd.randrange(256)]) * length)
+            image.write(offset, bytes([rnd.randrange(256)]) * length, reader)
         elif op < 0.8:
-            image.write_zeroes(offset, length, unmap=rnd.random() < 0.5)
+            image.write_zeroes(offset, length, reader, unmap=rnd.random() < 0.5)
         elif op < 0.9:
             image.discard(offset, length)
         else:
@@ -971,9 +978,10 @@ CRASH_FORMATS = [
 ]
 
 
-def crash_once(path: Path, seed: int) -> None:
+def crash_once(path: Path, seed: int, backing: Path | None = None) -> None:
+    extra = [str(backing)] if backing is not None else []
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), str(seed)],
+        [sys.executable, "-c", CHILD, str(path), str(seed), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -1011,6 +1019,32 @@ def test_sigkill_during_writes_leaves_no_corruption(tmp_path: Path, round_: int)
     with Qcow2Image.open_path(path) as image:
         image.write(0, b"\x01" * 70000)
     assert_consistent(path)
+
+
+def test_sigkill_over_compressed_clusters(tmp_path: Path) -> None:
+    raw = tmp_path / "src.raw"
+    raw.write_bytes(
+        b"".join(bytes([i]) * 4096 + random.Random(i).randbytes(61440) for i in range(64))
+    )
+    path = tmp_path / "c.qcow2"
+    run("qemu-img", "convert", "-c", "-O", "qcow2", raw, path)
+    for seed in (201, 202):
+        crash_once(path, seed)
+        assert_consistent(path)
+    with Qcow2Image.open_path(path, read_only=True) as image:
+        assert image.read(0, image.size) == qemu_raw(path, tmp_path)
+
+
+def test_sigkill_with_a_backing_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(random.Random(4).randbytes(4 * MiB))
+    path = tmp_path / "top.qcow2"
+    create_path(path, 4 * MiB, cluster_size=4096, backing_file=str(base), backing_format="raw")
+    for seed in (301, 302):
+        crash_once(path, seed, base)
+        assert_consistent(path)
+    with Qcow2Image.open_path(path, read_only=True) as image:
+        assert image.read(0, image.size, raw_reader(base)) == qemu_raw(path, tmp_path)
 
 
 @pytest.mark.parametrize("round_", range(4))
