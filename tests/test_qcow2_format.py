@@ -677,6 +677,36 @@ def test_lazy_refcounts_dirty_bit(tmp_path: Path) -> None:
     assert_clean(path)
 
 
+def test_repairs_a_dirty_image_qemu_left_behind(tmp_path: Path) -> None:
+    path = tmp_path / "lazy.qcow2"
+    qemu_create(path, 4 * MiB, lazy_refcounts="on")
+    # qemu-io's "abort" ends the process without closing the image, like a crash.
+    result = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'ulimit -c 0; exec qemu-io -c "write -P 0x61 0 1M" -c "write -P 0x62 2M 64k" '
+            '-c abort "$0"',  # no core file
+            str(path),
+        ],
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert qemu_info(path)["dirty-flag"] is True
+    code, report = qemu_check(path)
+    assert code == 2 and report["corruptions"] > 0  # refcounts missing, as expected
+    expected = b"\x61" * MiB + bytes(MiB) + b"\x62" * 65536 + bytes(2 * MiB - 65536)
+    with Qcow2Image.open_path(path, read_only=True) as image:
+        assert image.dirty
+        assert image.read(0, 4 * MiB) == expected
+    with Qcow2Image.open_path(path) as image:
+        assert not image.dirty
+        image.write(3 * MiB, b"\x63" * 65536)
+    assert_clean(path)
+    assert qemu_raw(path, tmp_path) == expected[: 3 * MiB] + b"\x63" * 65536 + bytes(MiB - 65536)
+
+
 def test_read_only_and_range_errors(tmp_path: Path) -> None:
     path = tmp_path / "r.qcow2"
     create_path(path, MiB)
