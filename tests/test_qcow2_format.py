@@ -8,6 +8,7 @@ leave an image with leaked clusters at most.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 from qmpjobd.block.qcow2 import (
     Allocation,
     Extent,
+    FdHostFile,
     Qcow2Error,
     Qcow2Header,
     Qcow2Image,
@@ -720,6 +722,83 @@ def test_read_only_and_range_errors(tmp_path: Path) -> None:
             image.block_status(0, 0)
     with pytest.raises(OSError):
         image.read(0, 1)
+
+
+class FailingFile(FdHostFile):
+    """A host file whose ``fail_at``-th write (or sync) fails with ENOSPC."""
+
+    def __init__(self, fd: int, fail_at: int) -> None:
+        super().__init__(fd, owned=True, no_flush=True)
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def _tick(self) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self._tick()
+        super().pwrite(offset, data)
+
+    def sync(self) -> None:
+        self._tick()
+        super().sync()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 28, 37, 50, 66, 89, 154, 190])
+def test_failed_host_writes_leave_a_consistent_image(
+    tmp_path: Path, fail_at: int, lazy: bool
+) -> None:
+    path = tmp_path / "f.qcow2"
+    size = 2 * MiB
+    # Small clusters, wide refcounts: many metadata writes to fail.
+    create_path(path, size, cluster_size=1024, refcount_bits=64, lazy_refcounts=lazy)
+    model = bytearray(size)
+    unknown = bytearray(size)  # 1 where the failed request may or may not have landed
+    rnd = random.Random(fail_at)
+    host = FailingFile(os.open(path, os.O_RDWR), fail_at)
+    image = Qcow2Image.open(host)
+    failed = False
+    for i in range(30):
+        offset = rnd.randrange(size)
+        length = min(rnd.randrange(1, 100000), size - offset)
+        try:
+            if i % 3 == 2:
+                image.write_zeroes(offset, length)
+                model[offset : offset + length] = bytes(length)
+            else:
+                image.write(offset, bytes([i + 1]) * length)
+                model[offset : offset + length] = bytes([i + 1]) * length
+            unknown[offset : offset + length] = bytes(length)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            assert not failed
+            failed = True
+            # A request fails whole or in part; its clusters may hold either contents.
+            start = offset - offset % 1024
+            stop = -(-(offset + length) // 1024) * 1024
+            unknown[start:stop] = b"\x01" * (stop - start)
+    try:
+        image.close()
+    except OSError as exc:  # writing the deferred refcounts failed
+        assert exc.errno == errno.ENOSPC and lazy and not failed
+        failed = True
+        assert image.closed
+        host.close()
+        with Qcow2Image.open_path(path) as image:  # repairs the dirty image
+            assert not image.dirty
+    assert failed == (fail_at <= host.calls)
+    assert_consistent(path)
+    data = qemu_raw(path, tmp_path)
+    for pos in range(0, size, 1024):
+        chunk = unknown[pos : pos + 1024]
+        if not any(chunk):
+            assert data[pos : pos + 1024] == model[pos : pos + 1024], pos
+        else:
+            for i in range(pos, pos + 1024):
+                assert unknown[i] or data[i] == model[i], i
 
 
 # -- refusing what is not supported --------------------------------------------------

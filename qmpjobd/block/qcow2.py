@@ -742,12 +742,11 @@ class Qcow2Image:
     def _set_dirty(self, dirty: bool) -> None:
         if self.header.version < 3 or self.dirty == dirty:
             return
-        if dirty:
-            self.header.incompatible_features |= INCOMPAT_DIRTY
-        else:
-            self.header.incompatible_features &= ~INCOMPAT_DIRTY
-        self.file.pwrite(72, _U64.pack(self.header.incompatible_features))
+        features = self.header.incompatible_features
+        features = features | INCOMPAT_DIRTY if dirty else features & ~INCOMPAT_DIRTY
+        self.file.pwrite(72, _U64.pack(features))
         self.file.sync()
+        self.header.incompatible_features = features
 
     def _find_free(self) -> int:
         """The first cluster number from the hint on with refcount 0."""
@@ -820,9 +819,9 @@ class Qcow2Image:
         self._grow_file(offset + self._cs)
         self.file.pwrite(offset, bytes(block))
         self.file.sync()
-        self._rt[table] = offset
         self.file.pwrite(self.header.refcount_table_offset + table * 8, _U64.pack(offset))
         self.file.sync()
+        self._rt[table] = offset
         self._rb_cache[offset] = block
 
     def _grow_reftable(self, min_entries: int) -> None:
@@ -993,16 +992,21 @@ class Qcow2Image:
         table = array("Q", bytes(self._cs))
         self.file.pwrite(offset, bytes(self._cs))
         self.file.sync()
-        self._l1[l1_index] = offset | OFLAG_COPIED
         self.file.pwrite(
             self.header.l1_table_offset + l1_index * 8, _U64.pack(offset | OFLAG_COPIED)
         )
+        self._l1[l1_index] = offset | OFLAG_COPIED
         self._l2_cache[offset] = table
         return offset, table
 
     def _write_l2(self, offset: int, table: array[int], indexes: list[int]) -> None:
         lo, hi = min(indexes), max(indexes) + 1
-        self.file.pwrite(offset + lo * 8, _be_bytes(table, lo, hi))
+        try:
+            self.file.pwrite(offset + lo * 8, _be_bytes(table, lo, hi))
+        except BaseException:
+            # The cached table is ahead of the file now: read it again next time.
+            self._l2_cache.pop(offset, None)
+            raise
 
     def _entry_at(self, guest: int) -> int:
         l1_index = guest >> (self._cb + self._l2_bits)
