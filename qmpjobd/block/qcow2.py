@@ -28,6 +28,7 @@ Must not import: jobs, sockets, JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_mod
 import os
 import struct
@@ -612,9 +613,9 @@ class Qcow2Image:
         if hdr.autoclear_features:
             # Features this module does not maintain (bitmaps): their data
             # stops being valid once it writes, so their bits go first.
-            hdr.autoclear_features = 0
             self.file.pwrite(88, _U64.pack(0))
             self.file.sync()
+            hdr.autoclear_features = 0
         if hdr.incompatible_features & INCOMPAT_DIRTY:
             self._repair_refcounts()
             self._set_dirty(False)
@@ -1454,11 +1455,6 @@ class Qcow2Image:
 
     # -- header changes -----------------------------------------------------
 
-    def _rewrite_header(self) -> None:
-        packed = self.header.pack()
-        self.file.pwrite(0, packed)
-        self.file.sync()
-
     def set_backing(self, backing_file: str | None, backing_format: str | None = None) -> None:
         """Rewrite the backing file name and format in the header.
 
@@ -1469,16 +1465,12 @@ class Qcow2Image:
                 raise OSError(errno_mod.EROFS, "image is read-only")
             if backing_file is None and backing_format is not None:
                 raise Qcow2Error("Backing format cannot be used without backing file")
-            old = (self.header.backing_file, self.header.backing_format)
-            self.header.backing_file = backing_file
-            self.header.backing_format = backing_format
-            try:
-                packed = self.header.pack()
-            except Qcow2Error:
-                self.header.backing_file, self.header.backing_format = old
-                raise
-            self.file.pwrite(0, packed)
+            header = dataclasses.replace(
+                self.header, backing_file=backing_file, backing_format=backing_format
+            )
+            self.file.pwrite(0, header.pack())
             self.file.sync()
+            self.header = header
 
     # -- flush / close ------------------------------------------------------
 
