@@ -8,9 +8,15 @@ pool: one :class:`Qcow2Image` per open image, every method blocking. A
 
 Layers: a cluster that is not allocated in this image reads through the
 caller's *backing_read* callback (zeros without one), so a node can fall
-through to its backing node; :meth:`Qcow2Image.cow_ranges` tells it which
-guest ranges a write will copy from there, so they can be read ahead
-asynchronously.
+through to its backing node. A node whose backing node is asynchronous does
+not block in the callback: for a read it asks :meth:`Qcow2Image.block_status`
+and reads ``UNALLOCATED`` extents from the backing node itself; for a write it
+asks :meth:`Qcow2Image.cow_ranges` which guest ranges the write will copy
+from the backing image, reads them ahead, and passes a callback that serves
+exactly those ranges (holding its write lock across both calls).
+
+Also: write-zeroes (the v3 zero flag), discard, growing the virtual size,
+rewriting the backing file name and format, QEMU's ``format-specific`` info.
 
 Crash consistency: a refcount is increased and made durable before anything
 refers to the cluster; data reaches the disk before the L2 entry that points
