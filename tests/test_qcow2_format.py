@@ -956,12 +956,12 @@ OPS = st.lists(
         st.integers(0, 255),
     ),
     min_size=1,
-    max_size=12,
+    max_size=20,
 )
 
 
 @settings(
-    max_examples=30,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -1178,3 +1178,16 @@ def test_sigkill_with_lazy_refcounts(tmp_path: Path, round_: int) -> None:
     assert not qemu_info(path)["dirty-flag"]
     assert_consistent(path)
     assert qemu_raw(path, tmp_path) == expected
+
+
+def test_zeroing_across_a_cluster_boundary_without_a_whole_cluster(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\x7c" * (4 * 65536))
+    path = tmp_path / "z.qcow2"
+    create_path(path, 4 * 65536, backing_file=str(base), backing_format="raw")
+    reader = raw_reader(base)
+    with Qcow2Image.open_path(path) as image:
+        image.write_zeroes(0, 2 * 65536, reader)
+        image.write_zeroes(65537, 65536, reader)  # ends 1 byte into the third cluster
+        assert image.read(0, 4 * 65536, reader) == bytes(2 * 65536 + 1) + b"\x7c" * (2 * 65536 - 1)
+    assert_clean(path)

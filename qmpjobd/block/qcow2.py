@@ -1351,12 +1351,16 @@ class Qcow2Image:
                 self.write(full_start, bytes(stop - full_start), backing_read)
 
     def _zero_partial(self, offset: int, length: int, backing_read: BackingRead | None) -> None:
-        kind = self._kind(self._entry_at(offset))
-        if kind is Allocation.ZERO:
-            return
-        if kind is Allocation.UNALLOCATED and self.header.backing_file is None:
-            return
-        self.write(offset, bytes(length), backing_read)
+        """Zero parts of clusters by writing zeros, where they do not read as zeros yet."""
+        pos, end = offset, offset + length
+        while pos < end:
+            stop = min(end, pos - pos % self._cs + self._cs)
+            kind = self._kind(self._entry_at(pos))
+            if kind is Allocation.DATA or (
+                kind is Allocation.UNALLOCATED and self.header.backing_file is not None
+            ):
+                self.write(pos, bytes(stop - pos), backing_read)
+            pos = stop
 
     def discard(self, offset: int, length: int) -> None:
         """Drop the whole clusters of the range (partial clusters are left alone).
