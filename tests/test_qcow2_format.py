@@ -301,6 +301,7 @@ CREATE_ERRORS: list[tuple[dict[str, Any], dict[str, str] | None, str]] = [
         "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
     ),
     ({"size": 1000}, None, "Image size must be a multiple of 512 bytes"),
+    ({"version": 4}, None, "Parameter 'version' does not accept value 'v4'"),
     ({"preallocation": "full"}, None, "Unsupported preallocation mode: full"),
     ({"preallocation": "falloc"}, None, "Unsupported preallocation mode: falloc"),
 ]

@@ -1532,7 +1532,7 @@ def _validate_create(
     if size < 0 or size % SECTOR:
         raise Qcow2Error(f"Image size must be a multiple of {SECTOR} bytes")
     if version not in (2, 3):
-        raise Qcow2Error(f"Invalid compatibility level: 'v{version}'")
+        raise Qcow2Error(f"Parameter 'version' does not accept value 'v{version}'")
     if (
         cluster_size < 1 << MIN_CLUSTER_BITS
         or cluster_size > 1 << MAX_CLUSTER_BITS
