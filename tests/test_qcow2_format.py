@@ -1192,3 +1192,42 @@ def test_zeroing_across_a_cluster_boundary_without_a_whole_cluster(tmp_path: Pat
         image.write_zeroes(65537, 65536, reader)  # ends 1 byte into the third cluster
         assert image.read(0, 4 * 65536, reader) == bytes(2 * 65536 + 1) + b"\x7c" * (2 * 65536 - 1)
     assert_clean(path)
+
+
+def test_writes_over_metadata_mark_the_image_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "m.qcow2"
+    qemu_create(path, MiB)
+    qemu_io(path, "write -P 1 0 64k")
+    header = Qcow2Header.parse(path.read_bytes()[:65536])
+    with path.open("rb") as f:
+        f.seek(header.l1_table_offset)
+        l2_offset = struct.unpack(">Q", f.read(8))[0] & 0x00FFFFFFFFFFFE00
+    # Guest cluster 1 now claims the L1 table's cluster as its data.
+    patch(path, l2_offset + 8, ">Q", header.l1_table_offset | 1 << 63)
+    with Qcow2Image.open_path(path) as image:
+        with pytest.raises(OSError) as info:
+            image.write(65536, b"\xff" * 512)
+        assert info.value.errno == errno.EIO
+        assert "overlaps with active L1 table" in str(info.value)
+        assert image.corrupt and image.read_only
+    assert qemu_info(path)["format-specific"]["data"]["corrupt"] is True
+    with pytest.raises(Qcow2Error, match="Image is corrupt; cannot be opened read/write"):
+        Qcow2Image.open_path(path)
+    with Qcow2Image.open_path(path, read_only=True) as image:
+        assert image.read(0, 65536) == b"\x01" * 65536
+
+
+def test_unaligned_data_clusters_fail_reads(tmp_path: Path) -> None:
+    path = tmp_path / "u.qcow2"
+    qemu_create(path, MiB)
+    qemu_io(path, "write -P 1 0 64k")
+    header = Qcow2Header.parse(path.read_bytes()[:65536])
+    with path.open("rb") as f:
+        f.seek(header.l1_table_offset)
+        l2_offset = struct.unpack(">Q", f.read(8))[0] & 0x00FFFFFFFFFFFE00
+    patch(path, l2_offset, ">Q", (5 * 65536 + 512) | 1 << 63)
+    with Qcow2Image.open_path(path, read_only=True) as image:
+        with pytest.raises(OSError) as info:
+            image.read(0, 512)
+        assert info.value.errno == errno.EIO
+        assert image.read(65536, 512) == bytes(512)

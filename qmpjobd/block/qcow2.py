@@ -17,6 +17,8 @@ exactly those ranges (holding its write lock across both calls).
 
 Also: write-zeroes (the v3 zero flag), discard, growing the virtual size,
 rewriting the backing file name and format, QEMU's ``format-specific`` info.
+Like QEMU, a guest write that would land on metadata sets the corrupt bit and
+fails with EIO; the image is read-only from then on.
 
 Crash consistency: a refcount is increased and made durable before anything
 refers to the cluster; data reaches the disk before the L2 entry that points
@@ -521,6 +523,9 @@ class Qcow2Image:
         self._reserved: set[int] = set()
         self._file_size = file.size()
         self._last_compressed: tuple[int, bytes] | None = None
+        #: bumped whenever a metadata table moves or one is added
+        self._meta_version = 0
+        self._meta: tuple[int, dict[int, str]] | None = None
 
     # -- opening ----------------------------------------------------------
 
@@ -680,9 +685,46 @@ class Qcow2Image:
         if self.read_only:
             raise OSError(errno_mod.EROFS, "image is read-only")
 
+    def _metadata_clusters(self) -> dict[int, str]:
+        """Host clusters holding metadata, and what they hold."""
+        if self._meta is not None and self._meta[0] == self._meta_version:
+            return self._meta[1]
+        hdr = self.header
+        found: dict[int, str] = {0: "qcow2_header"}
+        for i in range(_clusters(hdr.l1_size * 8, self._cs)):
+            found[(hdr.l1_table_offset >> self._cb) + i] = "active L1 table"
+        for i in range(hdr.refcount_table_clusters):
+            found[(hdr.refcount_table_offset >> self._cb) + i] = "refcount table"
+        for entry in self._rt:
+            if entry & REFT_OFFSET_MASK:
+                found[(entry & REFT_OFFSET_MASK) >> self._cb] = "refcount block"
+        for entry in self._l1:
+            if entry & L1E_OFFSET_MASK:
+                found[(entry & L1E_OFFSET_MASK) >> self._cb] = "active L2 table"
+        self._meta = (self._meta_version, found)
+        return found
+
     def _check_host(self, host: int) -> None:
-        if host <= 0 or host % self._cs:
-            raise _eio(f"invalid host cluster offset {host:#x}")
+        """Refuse to write guest data over metadata; QEMU's corruption handling."""
+        if host % self._cs:
+            self._mark_corrupt(f"Cluster allocation offset {host:#x} unaligned")
+        what = self._metadata_clusters().get(host >> self._cb)
+        if what is not None:
+            self._mark_corrupt(f"Preventing invalid write on metadata (overlaps with {what})")
+
+    def _mark_corrupt(self, reason: str) -> None:
+        """Set the corrupt bit, stop writing, fail the request with EIO."""
+        features = self.header.incompatible_features | INCOMPAT_CORRUPT
+        if self.header.version >= 3 and not self.corrupt:
+            self.file.pwrite(72, _U64.pack(features))
+            self.file.sync()
+            self.header.incompatible_features = features
+        self.read_only = True
+        raise OSError(
+            errno_mod.EIO,
+            f"qcow2: Marking image as corrupt: {reason}; further corruption events will "
+            "be suppressed",
+        )
 
     # -- refcounts --------------------------------------------------------
 
@@ -829,6 +871,7 @@ class Qcow2Image:
         self.file.pwrite(self.header.refcount_table_offset + table * 8, _U64.pack(offset))
         self.file.sync()
         self._rt[table] = offset
+        self._meta_version += 1
         self._rb_cache[offset] = block
 
     def _grow_reftable(self, min_entries: int) -> None:
@@ -884,6 +927,7 @@ class Qcow2Image:
         self.header.refcount_table_offset = new_offset
         self.header.refcount_table_clusters = table_clusters
         self._rt = new_rt
+        self._meta_version += 1
         for t, block in blocks.items():
             self._rb_cache[block_at[t]] = block
         for i in range(old_clusters):
@@ -1003,6 +1047,7 @@ class Qcow2Image:
             self.header.l1_table_offset + l1_index * 8, _U64.pack(offset | OFLAG_COPIED)
         )
         self._l1[l1_index] = offset | OFLAG_COPIED
+        self._meta_version += 1
         self._l2_cache[offset] = table
         return offset, table
 
@@ -1086,7 +1131,10 @@ class Qcow2Image:
         """The host offset of an uncompressed cluster, if it has one."""
         if entry & OFLAG_COMPRESSED:
             return None
-        return (entry & L2E_OFFSET_MASK) or None
+        host = entry & L2E_OFFSET_MASK
+        if host % self._cs:
+            raise _eio(f"cluster offset {host:#x} in an L2 entry is not cluster aligned")
+        return host or None
 
     def _read_compressed(self, entry: int) -> bytes:
         cached = self._last_compressed
@@ -1218,8 +1266,9 @@ class Qcow2Image:
             host = entry & L2E_OFFSET_MASK
             owned = host and entry & OFLAG_COPIED and not entry & OFLAG_COMPRESSED
             whole = piece.start == 0 and len(piece.data) == cs
-            if owned and not (entry & OFLAG_ZERO and self.header.version >= 3):
+            if owned:
                 self._check_host(host)
+            if owned and not (entry & OFLAG_ZERO and self.header.version >= 3):
                 in_place.append((host + piece.start, piece.data))
                 continue
             if whole:
@@ -1446,6 +1495,7 @@ class Qcow2Image:
             self.file.sync()
             hdr.size, hdr.l1_size, hdr.l1_table_offset = size, l1_size, new_offset
             self._l1 = l1
+            self._meta_version += 1
             if old_count:
                 self._free_clusters([(old_offset >> self._cb) + i for i in range(old_count)])
 
