@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1101,8 +1102,6 @@ def crash_once(path: Path, seed: int, backing: Path | None = None) -> None:
         line = child.stdout.readline()
         assert line == "ready\n", child.stderr.read() if child.stderr else ""
         # Somewhere in the middle of the writes (fsyncs make them slow enough).
-        import time
-
         time.sleep(random.Random(seed).uniform(0.0, 0.3))
         assert child.poll() is None, child.stderr.read() if child.stderr else ""
         os.kill(child.pid, signal.SIGKILL)
