@@ -11,14 +11,15 @@ Must not import: jobs internals, block.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol, wire
@@ -32,6 +33,27 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_OUTBOUND = 8 * 1024 * 1024
 #: Many monitors may connect at once (bursts of connects are common at start-up).
 _BACKLOG = 4096
+#: Connections accepted per wake-up of a listening socket, so that a burst of
+#: connects cannot keep the loop from serving the monitors already connected.
+_ACCEPT_BATCH = 64
+#: accept() errors that mean "out of resources": waiting helps, retrying at once does not.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: While out of resources, try accepting again after this long (or as soon as a
+#: monitor disconnects, which frees a descriptor).
+ACCEPT_RETRY_DELAY = 0.3
+#: At most one warning about failing accepts per this many seconds.
+_ACCEPT_WARNING_INTERVAL = 1.0
+
+
+@dataclass
+class _Listener:
+    """One listening socket, and the file it is bound to."""
+
+    path: Path
+    sock: socket.socket
+    #: (st_dev, st_ino) of the socket file we bound: at exit we remove the
+    #: file only if it is still ours, not one a newer daemon bound there since.
+    identity: tuple[int, int] | None
 
 
 class Server:
@@ -55,8 +77,11 @@ class Server:
         self.sessions: set[Session] = set()
         #: Negotiated sessions in the order they negotiated: event recipients.
         self._listeners: dict[Session, None] = {}
-        self._servers: list[asyncio.Server] = []
-        self._bound: list[Path] = []
+        self._listeners_socks: list[_Listener] = []
+        self._accepting = False
+        self._retry: asyncio.Handle | None = None
+        self._last_accept_warning = -_ACCEPT_WARNING_INTERVAL
+        self._connecting: set[asyncio.Task[None]] = set()
         self._counter = 0
         self._pending_events: list[bytes] = []
         self._flush_scheduled = False
@@ -67,21 +92,85 @@ class Server:
     async def start(self) -> None:
         """Listen on every socket path.
 
-        :raise ConfigError: a path is in use by a live daemon or is not a socket.
+        :raise ConfigError: a path is in use by a live daemon, is not a socket,
+            or cannot be bound.
         """
-        loop = asyncio.get_running_loop()
         try:
             for path in self.socket_paths:
                 await _claim_path(path)
-                server = await loop.create_unix_server(
-                    self._new_session, str(path), backlog=_BACKLOG
-                )
-                self._servers.append(server)
-                self._bound.append(path)
-                os.chmod(path, self.socket_mode)
-                log.info("listening on %s", path)
+                self._listeners_socks.append(_bind(path, self.socket_mode))
+                log.debug("listening on %s", path)
         except BaseException:
             await self.close(0.0)
+            raise
+        self._resume_accepting()
+
+    # -- accepting -----------------------------------------------------------
+
+    def _resume_accepting(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._accepting or not self._listeners_socks:
+            return
+        loop = asyncio.get_running_loop()
+        self._accepting = True
+        for listener in self._listeners_socks:
+            loop.add_reader(listener.sock.fileno(), self._accept, listener)
+
+    def _pause_accepting(self) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners_socks:
+            loop.remove_reader(listener.sock.fileno())
+
+    def _accept(self, listener: _Listener) -> None:
+        """Accept what waits on *listener*, a bounded batch at a time.
+
+        Out of descriptors (or memory), accepting again at once would fail the
+        same way for every connection in the backlog: stop watching the
+        listening sockets instead, and try again after a short delay or as
+        soon as a monitor disconnects.
+        """
+        loop = asyncio.get_running_loop()
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                self._accept_failed(listener.path, exc)
+                return
+            conn.setblocking(False)
+            task = loop.create_task(self._connect(conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    def _accept_failed(self, path: Path, exc: OSError) -> None:
+        self._pause_accepting()
+        now = time.monotonic()
+        if now - self._last_accept_warning >= _ACCEPT_WARNING_INTERVAL:
+            self._last_accept_warning = now
+            log.warning("cannot accept connections on %s: %s; retrying", path, exc.strerror)
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(
+                ACCEPT_RETRY_DELAY, self._resume_accepting
+            )
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._new_session, sock=conn)
+        except Exception as exc:
+            log.warning("dropping a new connection: %s", exc)
+            conn.close()
+        except BaseException:
+            conn.close()
             raise
 
     def _new_session(self) -> Session:
@@ -98,6 +187,11 @@ class Server:
     def forget(self, session: Session) -> None:
         self.sessions.discard(session)
         self._listeners.pop(session, None)
+        if self._retry is not None:
+            # Accepting was paused for want of descriptors: this session's is
+            # about to be released (once this callback returns), so try again then.
+            self._retry.cancel()
+            self._retry = asyncio.get_running_loop().call_soon(self._resume_accepting)
 
     def _fan_out(self, event: Event) -> None:
         """Queue an event for every negotiated session.
@@ -127,8 +221,15 @@ class Server:
     # -- shutdown ------------------------------------------------------------
 
     def stop_accepting(self) -> None:
-        for server in self._servers:
-            server.close()
+        """Close the listening sockets and remove their files (if still ours)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._pause_accepting()
+        for listener in self._listeners_socks:
+            listener.sock.close()
+            _unlink_if_ours(listener)
+        self._listeners_socks.clear()
 
     async def close(self, deadline: float = 1.0) -> None:
         """Phased shutdown: stop accepting, let replies flush, close every
@@ -147,14 +248,8 @@ class Server:
                     session.abort()
             if pending:
                 await asyncio.wait(pending, timeout=0.1)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 0.1)
-        self._servers.clear()
-        for path in self._bound:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        self._bound.clear()
+        for task in list(self._connecting):
+            task.cancel()
 
 
 _PLAIN_NAME = re.compile(r"[A-Z0-9_]+")
@@ -197,3 +292,35 @@ async def _claim_path(path: Path) -> None:
     finally:
         probe.close()
     raise ConfigError(f"another daemon is listening on {path}")
+
+
+def _bind(path: Path, mode: int) -> _Listener:
+    """A non-blocking socket listening on *path* with permissions *mode*."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(str(path))
+        st = os.stat(path)
+        listener = _Listener(path, sock, (st.st_dev, st.st_ino))
+        try:
+            os.chmod(path, mode)
+            sock.listen(_BACKLOG)
+        except BaseException:
+            _unlink_if_ours(listener)
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    return listener
+
+
+def _unlink_if_ours(listener: _Listener) -> None:
+    if listener.identity is None:
+        return
+    try:
+        st = listener.path.lstat()
+        if (st.st_dev, st.st_ino) == listener.identity:
+            listener.path.unlink()
+    except FileNotFoundError:
+        pass
+    listener.identity = None
