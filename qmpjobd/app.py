@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from . import EMULATED_QEMU_VERSION, __version__
 from .block import BlockGraph
 from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
@@ -18,10 +20,13 @@ from .commands.block import block_commands
 from .commands.blockjobs import blockjob_commands
 from .commands.core import CoreContext, core_commands, negotiation_commands
 from .commands.jobs import job_commands
-from .events import EventBus
+from .errors import ConfigError, QMPError
+from .events import Event, EventBus
 from .jobs import JobManager
+from .pidfile import PidFile
 from .schema import SchemaSet
 from .server import DEFAULT_MAX_OUTBOUND, Server
+from .systemd import Notifier, PassedSocket
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,14 @@ class Config:
     allow_paths: Sequence[Path] = field(default_factory=list)
     shutdown_deadline: float = 1.0
     job_cancel_deadline: float = 5.0
+    #: Listening sockets passed by the service manager (socket activation).
+    passed_sockets: Sequence[PassedSocket] = field(default_factory=list)
+    #: Where to send readiness and status (systemd's ``NOTIFY_SOCKET``).
+    notify_socket: str | None = None
+    #: ``blockdev-add`` arguments of the nodes to create at start-up, in order.
+    blockdevs: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    #: The QEMU release to emulate; only 7.2.0 exists for now.
+    qemu_version: tuple[int, int, int] = EMULATED_QEMU_VERSION
 
 
 class App:
@@ -48,6 +61,11 @@ class App:
         self.jobs = JobManager(self.bus, self.clock)
         self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
         self._stop = asyncio.Event()
+        self._stop_reason = "quit"
+        self._pidfile = PidFile(config.pidfile) if config.pidfile is not None else None
+        self._notifier: Notifier | None = None
+        self._status_scheduled = False
+        self._last_status = ""
         #: Set once every socket listens.
         self.started = asyncio.Event()
         self.core = CoreContext(
@@ -75,6 +93,8 @@ class App:
             socket_paths=config.sockets,
             socket_mode=config.socket_mode,
             max_outbound=config.max_outbound,
+            passed_sockets=config.passed_sockets,
+            sessions_changed=self._status_changed,
         )
 
     async def prepare_quit(self) -> None:
@@ -88,37 +108,118 @@ class App:
         except TimeoutError:
             log.warning("jobs did not finish cancelling in time; stopping them")
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "quit") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
 
     async def start(self) -> None:
-        await self.server.start()
-        if self.config.pidfile is not None:
-            self.config.pidfile.write_text(f"{os.getpid()}\n")
+        """Listen, create the start-up nodes, write the pid file, in that order.
+
+        :raise ConfigError: one line naming what failed and why; whatever was
+            set up before the failure is undone (no file is left behind).
+        """
+        try:
+            for folder in self.config.allow_paths:
+                if not folder.is_dir():
+                    reason = "Not a directory" if folder.exists() else "No such file or directory"
+                    raise ConfigError(f"--allow-path {folder}: {reason}")
+            await self.server.start()
+            for options in self.config.blockdevs:
+                try:
+                    self.graph.add(dict(options))
+                except QMPError as exc:
+                    raise ConfigError(f"--blockdev: {exc.desc}") from None
+            if self._pidfile is not None:
+                self._pidfile.acquire()
+        except BaseException:
+            await self.server.close(0.0)
+            self.graph.close()
+            raise
+        if self.config.notify_socket is not None:
+            self._notifier = Notifier(self.config.notify_socket)
+            self.bus.subscribe(self._job_event)
         self.started.set()
+        version = ".".join(map(str, self.config.qemu_version))
+        log.info(
+            "qmpjobd %s (QEMU %s) started, pid %d, listening on %s",
+            __version__,
+            version,
+            os.getpid(),
+            ", ".join(self.server.addresses()),
+        )
+        self._notify(f"READY=1\nSTATUS={self.status()}")
 
     async def shutdown(self) -> None:
+        self._notify("STOPPING=1")
         self.server.stop_accepting()
         await self.prepare_quit()
         await self.server.close(self.config.shutdown_deadline)
         await self.jobs.aclose()
         self.graph.close()
-        if self.config.pidfile is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.config.pidfile.unlink()
+        if self._pidfile is not None:
+            self._pidfile.release()
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
+
+    # -- status --------------------------------------------------------------
+
+    def status(self) -> str:
+        """One line: monitors, jobs by status, block nodes."""
+        monitors = len(self.server.sessions)
+        counts = Counter(job.status.value for job in self.jobs.jobs_newest_first())
+        jobs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+        nodes = len(self.graph.nodes())
+        return (
+            f"{monitors} monitor{'s' * (monitors != 1)}; jobs: {jobs};"
+            f" {nodes} block node{'s' * (nodes != 1)}"
+        )
+
+    def _notify(self, message: str) -> None:
+        if self._notifier is not None:
+            self._notifier.send(message)
+
+    def _job_event(self, event: Event) -> None:
+        if event.name == "JOB_STATUS_CHANGE":
+            self._status_changed()
+
+    def _status_changed(self) -> None:
+        """Tell the service manager the new status, once per pass of the loop."""
+        if self._notifier is None or self._status_scheduled:
+            return
+        self._status_scheduled = True
+        asyncio.get_running_loop().call_soon(self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_scheduled = False
+        status = self.status()
+        if status != self._last_status:
+            self._last_status = status
+            self._notify(f"STATUS={status}")
+
+    def _log_status(self) -> None:
+        log.info("status: %s", self.status())
+
+    # -- run -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until SIGTERM, SIGINT or ``quit``."""
+        """Serve until SIGTERM, SIGINT, SIGHUP or ``quit``; SIGUSR1 logs the status."""
         loop = asyncio.get_running_loop()
-        await self.start()
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         installed: list[signal.Signals] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop)
-            installed.append(signum)
         try:
-            await self._stop.wait()
-            log.info("shutting down")
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(signum, self.request_stop, signum.name)
+                installed.append(signum)
+            loop.add_signal_handler(signal.SIGUSR1, self._log_status)
+            installed.append(signal.SIGUSR1)
+            await self.start()
+            try:
+                await self._stop.wait()
+                log.info("stopping (%s)", self._stop_reason)
+            finally:
+                await self.shutdown()
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
-            await self.shutdown()

@@ -18,7 +18,7 @@ import re
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from .commands import CommandTable
 from .errors import ConfigError
 from .events import Event, EventBus, Subscription
 from .session import Session
+from .systemd import PassedSocket
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class _Listener:
 
     path: Path
     sock: socket.socket
+    #: The name the service manager gave a passed socket; None for ours.
+    name: str | None
     #: (st_dev, st_ino) of the socket file we bound: at exit we remove the
     #: file only if it is still ours, not one a newer daemon bound there since.
     identity: tuple[int, int] | None
@@ -68,12 +71,16 @@ class Server:
         socket_paths: Iterable[Path],
         socket_mode: int = 0o600,
         max_outbound: int = DEFAULT_MAX_OUTBOUND,
+        passed_sockets: Sequence[PassedSocket] = (),
+        sessions_changed: Callable[[], None] | None = None,
     ) -> None:
         self.negotiation_table = negotiation_table
         self.command_table = command_table
         self.socket_paths = [Path(p) for p in socket_paths]
         self.socket_mode = socket_mode
         self.max_outbound = max_outbound
+        self.passed_sockets = list(passed_sockets)
+        self._sessions_changed = sessions_changed
         self.sessions: set[Session] = set()
         #: Negotiated sessions in the order they negotiated: event recipients.
         self._listeners: dict[Session, None] = {}
@@ -96,14 +103,25 @@ class Server:
             or cannot be bound.
         """
         try:
+            for passed in self.passed_sockets:
+                self._listeners_socks.append(_adopt(passed))
+            adopted = {os.path.abspath(listener.path) for listener in self._listeners_socks}
             for path in self.socket_paths:
+                if os.path.abspath(path) in adopted:
+                    continue  # the service manager passed this one
                 await _claim_path(path)
                 self._listeners_socks.append(_bind(path, self.socket_mode))
-                log.debug("listening on %s", path)
         except BaseException:
             await self.close(0.0)
             raise
         self._resume_accepting()
+
+    def addresses(self) -> list[str]:
+        """Where the server listens, for logs."""
+        return [
+            str(listener.path) if listener.name is None else f"{listener.path} ({listener.name})"
+            for listener in self._listeners_socks
+        ]
 
     # -- accepting -----------------------------------------------------------
 
@@ -148,7 +166,7 @@ class Server:
                 self._accept_failed(listener.path, exc)
                 return
             conn.setblocking(False)
-            task = loop.create_task(self._connect(conn))
+            task = loop.create_task(self._connect(conn, listener.path))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
 
@@ -163,9 +181,11 @@ class Server:
                 ACCEPT_RETRY_DELAY, self._resume_accepting
             )
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, path: Path) -> None:
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._new_session, sock=conn)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: self._new_session(path), sock=conn
+            )
         except Exception as exc:
             log.warning("dropping a new connection: %s", exc)
             conn.close()
@@ -173,10 +193,13 @@ class Server:
             conn.close()
             raise
 
-    def _new_session(self) -> Session:
+    def _new_session(self, path: Path) -> Session:
         self._counter += 1
         session = Session(self, self._counter)
         self.sessions.add(session)
+        log.debug("monitor #%d connected on %s", session.number, path)
+        if self._sessions_changed is not None:
+            self._sessions_changed()
         return session
 
     # -- registry ------------------------------------------------------------
@@ -185,8 +208,12 @@ class Server:
         self._listeners[session] = None
 
     def forget(self, session: Session) -> None:
+        if session in self.sessions:
+            log.debug("monitor #%d disconnected", session.number)
         self.sessions.discard(session)
         self._listeners.pop(session, None)
+        if self._sessions_changed is not None:
+            self._sessions_changed()
         if self._retry is not None:
             # Accepting was paused for want of descriptors: this session's is
             # about to be released (once this callback returns), so try again then.
@@ -277,6 +304,8 @@ async def _claim_path(path: Path) -> None:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise ConfigError(f"Failed to bind socket to {path}: {exc.strerror}") from None
     if not stat.S_ISSOCK(mode):
         raise ConfigError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -286,7 +315,12 @@ async def _claim_path(path: Path) -> None:
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
             log.info("replacing stale socket %s", path)
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as unlink_error:
+                raise ConfigError(
+                    f"Failed to remove stale socket {path}: {unlink_error.strerror}"
+                ) from None
             return
         raise ConfigError(f"cannot check socket {path}: {exc.strerror}") from exc
     finally:
@@ -294,24 +328,58 @@ async def _claim_path(path: Path) -> None:
     raise ConfigError(f"another daemon is listening on {path}")
 
 
+#: Linux's sun_path holds 108 bytes, the terminating NUL included.
+_MAX_SOCKET_PATH = 107
+
+
 def _bind(path: Path, mode: int) -> _Listener:
-    """A non-blocking socket listening on *path* with permissions *mode*."""
+    """A non-blocking socket listening on *path* with permissions *mode*.
+
+    :raise ConfigError: one line naming the path and the reason.
+    """
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"UNIX socket path '{path}' is too long"
+            f" (must be less than {_MAX_SOCKET_PATH + 1} bytes)"
+        )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.bind(str(path))
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            raise ConfigError(f"Failed to bind socket to {path}: {exc.strerror}") from None
         st = os.stat(path)
-        listener = _Listener(path, sock, (st.st_dev, st.st_ino))
+        listener = _Listener(path, sock, None, (st.st_dev, st.st_ino))
         try:
             os.chmod(path, mode)
             sock.listen(_BACKLOG)
-        except BaseException:
+        except OSError as exc:
             _unlink_if_ours(listener)
-            raise
+            raise ConfigError(f"Failed to listen on socket {path}: {exc.strerror}") from None
     except BaseException:
         sock.close()
         raise
     return listener
+
+
+def _adopt(passed: PassedSocket) -> _Listener:
+    """A listening socket passed by the service manager (never unlinked by us)."""
+    try:
+        sock = socket.socket(fileno=passed.fd)
+    except OSError as exc:
+        raise ConfigError(
+            f"socket activation: descriptor {passed.fd} ({passed.name}): {exc.strerror}"
+        ) from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ConfigError(
+            f"socket activation: descriptor {passed.fd} ({passed.name}) is not a Unix stream socket"
+        )
+    sock.setblocking(False)
+    address = sock.getsockname()
+    path = Path(address) if isinstance(address, str) and address else Path(f"fd:{passed.fd}")
+    return _Listener(path, sock, passed.name, None)
 
 
 def _unlink_if_ours(listener: _Listener) -> None:
