@@ -148,7 +148,8 @@ class App:
             os.getpid(),
             ", ".join(self.server.addresses()),
         )
-        self._notify(f"READY=1\nSTATUS={self.status()}")
+        self._last_status = self.status(nodes=False)
+        self._notify(f"READY=1\nSTATUS={self._last_status}")
 
     async def shutdown(self) -> None:
         self._notify("STOPPING=1")
@@ -165,16 +166,16 @@ class App:
 
     # -- status --------------------------------------------------------------
 
-    def status(self) -> str:
-        """One line: monitors, jobs by status, block nodes."""
+    def status(self, *, nodes: bool = True) -> str:
+        """One line: monitors, jobs by status and (with *nodes*) block nodes."""
         monitors = len(self.server.sessions)
         counts = Counter(job.status.value for job in self.jobs.jobs_newest_first())
         jobs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
-        nodes = len(self.graph.nodes())
-        return (
-            f"{monitors} monitor{'s' * (monitors != 1)}; jobs: {jobs};"
-            f" {nodes} block node{'s' * (nodes != 1)}"
-        )
+        line = f"{monitors} monitor{'s' * (monitors != 1)}; jobs: {jobs}"
+        if nodes:
+            count = len(self.graph.nodes())
+            line += f"; {count} block node{'s' * (count != 1)}"
+        return line
 
     def _notify(self, message: str) -> None:
         if self._notifier is not None:
@@ -193,7 +194,7 @@ class App:
 
     def _send_status(self) -> None:
         self._status_scheduled = False
-        status = self.status()
+        status = self.status(nodes=False)
         if status != self._last_status:
             self._last_status = status
             self._notify(f"STATUS={status}")
