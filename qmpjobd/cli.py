@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=LOG_LEVELS,
         metavar="LEVEL",
-        help="debug, info (default), warning, error or critical, in any case",
+        help="one of debug, info (default), warning, error, critical; in any case",
     )
     parser.add_argument(
         "--daemonize",
