@@ -7,12 +7,12 @@ import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import EMULATED_QEMU_VERSION, __version__
+from . import EMULATED_QEMU_VERSION, __version__, protocol
 from .block import BlockGraph
 from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
@@ -31,6 +31,18 @@ from .systemd import Notifier, PassedSocket
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class StartupBlockdev:
+    """A node to create at start-up, as ``--blockdev`` gave it."""
+
+    #: The option as written, for error messages.
+    text: str
+    #: ``blockdev-add`` arguments: typed (JSON syntax) or all strings (keyval).
+    options: Mapping[str, Any]
+    #: True for the key=value syntax: the schema gives the strings their types.
+    keyval: bool = False
+
+
 @dataclass
 class Config:
     sockets: Sequence[Path]
@@ -44,10 +56,20 @@ class Config:
     passed_sockets: Sequence[PassedSocket] = field(default_factory=list)
     #: Where to send readiness and status (systemd's ``NOTIFY_SOCKET``).
     notify_socket: str | None = None
-    #: ``blockdev-add`` arguments of the nodes to create at start-up, in order.
-    blockdevs: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    #: Nodes to create at start-up, in order, as blockdev-add creates them.
+    blockdevs: Sequence[StartupBlockdev] = field(default_factory=list)
     #: The QEMU release to emulate; only 7.2.0 exists for now.
     qemu_version: tuple[int, int, int] = EMULATED_QEMU_VERSION
+
+
+class _StartupControl:
+    """The session of a command run from the command line: there is none."""
+
+    def enter_command_mode(self, capabilities: list[str]) -> None:
+        raise AssertionError("qmp_capabilities is not run at start-up")
+
+    def after_reply(self, callback: Callable[[], None]) -> None:
+        callback()
 
 
 class App:
@@ -125,11 +147,8 @@ class App:
                     reason = "Not a directory" if folder.exists() else "No such file or directory"
                     raise ConfigError(f"--allow-path {folder}: {reason}")
             await self.server.start()
-            for options in self.config.blockdevs:
-                try:
-                    self.graph.add(dict(options))
-                except QMPError as exc:
-                    raise ConfigError(f"--blockdev: {exc.desc}") from None
+            for blockdev in self.config.blockdevs:
+                self._add_startup_node(blockdev)
             if self._pidfile is not None:
                 self._pidfile.acquire()
         except BaseException:
@@ -150,6 +169,21 @@ class App:
         )
         self._last_status = self.status(nodes=False)
         self._notify(f"READY=1\nSTATUS={self._last_status}")
+
+    def _add_startup_node(self, blockdev: StartupBlockdev) -> None:
+        """Run the ``blockdev-add`` command itself: its schema checks, its handler.
+
+        :raise ConfigError: ``--blockdev TEXT: `` and QEMU's text.
+        """
+        try:
+            options = dict(blockdev.options)
+            if blockdev.keyval:
+                options = self.schemas.keyval_arguments("blockdev-add", options)
+            request = protocol.Request("blockdev-add", options, protocol.NO_ID, False)
+            command = self.command_table.lookup(request)
+            command.handler(_StartupControl(), request.arguments)
+        except QMPError as exc:
+            raise ConfigError(f"--blockdev {blockdev.text}: {exc.desc}") from None
 
     async def shutdown(self) -> None:
         self._notify("STOPPING=1")

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, systemd
-from .app import App, Config
+from . import __version__, systemd, wire
+from .app import App, Config, StartupBlockdev
 from .errors import ConfigError
+from .keyval import parse_keyval, parse_opts
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -110,7 +111,156 @@ def build_parser() -> argparse.ArgumentParser:
         " or fails with its start-up error",
     )
     parser.add_argument("-V", "--version", action="version", version=f"qmpjobd {__version__}")
+    qsd = parser.add_argument_group(
+        "qemu-storage-daemon options",
+        "qemu-storage-daemon's command line works too: a script that starts"
+        " qemu-storage-daemon with these options (and --pidfile, --daemonize) starts"
+        " qmpjobd by changing only the program name.",
+    )
+    qsd.add_argument(
+        "--blockdev",
+        dest="blockdevs",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="create a block node at start-up, as blockdev-add does; OPTIONS is"
+        " [driver=]DRIVER,node-name=NODE,... (',,' for a comma, dotted keys for nested"
+        " options) or a JSON object (repeatable)",
+    )
+    qsd.add_argument(
+        "--chardev",
+        dest="chardevs",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="a Unix socket for a --monitor: socket,id=ID,path=PATH,server=on,wait=off"
+        " (repeatable)",
+    )
+    qsd.add_argument(
+        "--monitor",
+        dest="monitors",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="serve QMP on a chardev's socket, like --socket: [chardev=]ID[,mode=control]"
+        " (repeatable)",
+    )
+    for option in ("--export", "--nbd-server", "--object"):
+        qsd.add_argument(
+            option,
+            dest=option[2:].replace("-", "_"),
+            action="append",
+            default=[],
+            metavar="OPTIONS",
+            help="not implemented: refused with an error",
+        )
     return parser
+
+
+_ON = frozenset({"on", "yes", "true", "y"})
+_OFF = frozenset({"off", "no", "false", "n"})
+_CHARDEV_KEYS = frozenset({"backend", "id", "path", "server", "wait"})
+_MONITOR_KEYS = frozenset({"chardev", "mode", "pretty", "id"})
+
+
+def _chardev(text: str) -> tuple[str, Path]:
+    """``--chardev socket,id=ID,path=PATH,server=on,wait=off``: its id and path."""
+    opts = parse_opts(text, "backend")
+    backend = opts.get("backend", "")
+    if backend != "socket":
+        raise ConfigError(f"chardev backend '{backend}' is not implemented (only socket)")
+    for key in opts:
+        if key not in _CHARDEV_KEYS:
+            if key in ("host", "port", "fd", "abstract"):
+                raise ConfigError("only Unix socket chardevs (path=PATH) are implemented")
+            raise ConfigError(f"Parameter '{key}' is not implemented")
+    if "id" not in opts:
+        raise ConfigError("Parameter 'id' is missing")
+    if "path" not in opts:
+        raise ConfigError("only Unix socket chardevs (path=PATH) are implemented")
+    if opts.get("server", "off") not in _ON:
+        raise ConfigError("only server=on is implemented")
+    if opts.get("wait", "on") not in _OFF:
+        raise ConfigError("only wait=off is implemented")
+    return opts["id"], Path(opts["path"])
+
+
+def _monitor(text: str, chardevs: dict[str, Path]) -> str:
+    """``--monitor [chardev=]ID[,mode=control]``: the chardev's id."""
+    opts = parse_opts(text, "chardev")
+    for key in opts:
+        if key not in _MONITOR_KEYS:
+            raise ConfigError(f"Parameter '{key}' is not implemented")
+    if opts.get("mode", "control") != "control":
+        raise ConfigError("Only QMP is supported")
+    if opts.get("pretty", "off") not in _OFF:
+        raise ConfigError("pretty=on is not implemented")
+    name = opts.get("chardev")
+    if name is None:
+        raise ConfigError("Parameter 'chardev' is missing")
+    if name not in chardevs:
+        raise ConfigError(f'chardev "{name}" not found')
+    return name
+
+
+def _blockdev(text: str) -> StartupBlockdev:
+    """``--blockdev``, in either of QEMU's syntaxes."""
+    if not text.startswith("{"):
+        return StartupBlockdev(text, parse_keyval(text, "driver"), keyval=True)
+    decoder = wire.Decoder()
+    values = [*decoder.feed(text.encode()), *decoder.feed_eof()]
+    for value in values:
+        if isinstance(value, wire.ParseError):
+            raise ConfigError(value.desc)
+    if len(values) != 1 or not isinstance(values[0], dict):
+        raise ConfigError("Expected a single JSON object")
+    return StartupBlockdev(text, values[0])
+
+
+def qsd_options(args: argparse.Namespace) -> tuple[list[Path], list[StartupBlockdev]]:
+    """qemu-storage-daemon's options: the monitors' socket paths, the start-up nodes.
+
+    :raise ConfigError: ``--OPTION TEXT: reason``, QEMU's way.
+    """
+    for name in ("export", "nbd_server", "object"):
+        values: list[str] = getattr(args, name)
+        if values:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} {values[0]}: {option} is not implemented")
+    chardevs: dict[str, Path] = {}
+    texts: dict[str, str] = {}
+    for text in args.chardevs:
+        try:
+            name, path = _chardev(text)
+            if name in chardevs:
+                raise ConfigError(f"Duplicate ID '{name}' for chardev")
+        except ConfigError as exc:
+            raise ConfigError(f"--chardev {text}: {exc}") from None
+        chardevs[name] = path
+        texts[name] = text
+    sockets: list[Path] = []
+    used: set[str] = set()
+    for text in args.monitors:
+        try:
+            name = _monitor(text, chardevs)
+            if name in used:
+                raise ConfigError(f"Device '{name}' is in use")
+        except ConfigError as exc:
+            raise ConfigError(f"--monitor {text}: {exc}") from None
+        used.add(name)
+        sockets.append(chardevs[name])
+    for name, text in texts.items():
+        if name not in used:
+            raise ConfigError(
+                f"--chardev {text}: only chardevs used by a --monitor are implemented"
+            )
+    blockdevs = []
+    for text in args.blockdevs:
+        try:
+            blockdevs.append(_blockdev(text))
+        except ConfigError as exc:
+            raise ConfigError(f"--blockdev {text}: {exc}") from None
+    return sockets, blockdevs
 
 
 class _Formatter(logging.Formatter):
@@ -153,13 +303,16 @@ def make_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
 
     :raise ConfigError: nothing to listen on, or malformed activation variables.
     """
+    monitor_sockets, blockdevs = qsd_options(args)
+    sockets = [*args.sockets, *monitor_sockets]
     passed = systemd.listen_fds(environ)
-    if not args.sockets and not passed:
+    if not sockets and not passed:
         raise ConfigError("no socket to listen on: give --socket PATH")
     notify = environ.pop("NOTIFY_SOCKET", None)
     return Config(
         # Absolute, so that what we remove at exit is what we created.
-        sockets=[Path(os.path.abspath(p)) for p in args.sockets],
+        sockets=[Path(os.path.abspath(p)) for p in sockets],
+        blockdevs=blockdevs,
         socket_mode=args.socket_mode,
         pidfile=Path(os.path.abspath(args.pidfile)) if args.pidfile is not None else None,
         allow_paths=[Path(os.path.abspath(p)) for p in args.allow_paths],

@@ -95,9 +95,20 @@ def _invocation(action: argparse.Action, *, synopsis: bool = False) -> str:
     return f"{names} \\fI{_escape(metavar)}\\fR"
 
 
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    # argparse has no public list of its actions; _actions is what --help reads.
-    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
+def _groups(
+    parser: argparse.ArgumentParser,
+) -> list[tuple[argparse._ArgumentGroup, list[argparse.Action]]]:
+    """Each group of options with its options, as --help lists them."""
+    # argparse has no public list of its groups and actions; --help reads these.
+    return [
+        (group, actions)
+        for group in parser._action_groups
+        if (
+            actions := [
+                a for a in group._group_actions if a.option_strings and a.help != argparse.SUPPRESS
+            ]
+        )
+    ]
 
 
 def _help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
@@ -113,15 +124,19 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     out = [
         f'.TH QMPJOBD 8 "{PAGE_DATE.isoformat()}" "qmpjobd {__version__}" "System Administration"',
         ".nh",
+        ".ad l",
         ".SH NAME",
         f"qmpjobd \\- {_escape(parser.description or '')}",
         ".SH SYNOPSIS",
         ".B qmpjobd",
     ]
-    for action in _options(parser):
+    groups = _groups(parser)
+    for action in groups[0][1]:
         if action.dest == "help":
             continue
         out.append(f"[{_invocation(action, synopsis=True)}]")
+    for group, _ in groups[1:]:
+        out.append(f"[\\fI{_escape(group.title or '')}\\fR]")
     out += [
         ".SH DESCRIPTION",
         _escape(
@@ -135,9 +150,12 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     ]
     if parser.epilog:
         out += [".PP", _escape(parser.epilog)]
-    out.append(".SH OPTIONS")
-    for action in _options(parser):
-        out += [".TP", _invocation(action), _escape(_help_text(parser, action))]
+    for i, (group, actions) in enumerate(groups):
+        out.append(".SH " + ("OPTIONS" if i == 0 else _escape((group.title or "").upper())))
+        if i and group.description:
+            out.append(_escape(group.description))
+        for action in actions:
+            out += [".TP", _invocation(action), _escape(_help_text(parser, action))]
     for title, paragraphs in _SECTIONS:
         out.append(f".SH {title}")
         for i, paragraph in enumerate(paragraphs):
