@@ -37,8 +37,8 @@ _BACKLOG = 4096
 #: Connections accepted per wake-up of a listening socket, so that a burst of
 #: connects cannot keep the loop from serving the monitors already connected.
 _ACCEPT_BATCH = 64
-#: accept() errors that mean "out of resources": waiting helps, retrying at once does not.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors that concern one connection only: accept the next one.
+_ONE_CONNECTION_FAILED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 #: While out of resources, try accepting again after this long (or as soon as a
 #: monitor disconnects, which frees a descriptor).
 ACCEPT_RETRY_DELAY = 0.3
@@ -158,11 +158,11 @@ class Server:
                 conn, _ = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except ConnectionAbortedError:
-                continue
             except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    raise
+                if exc.errno in _ONE_CONNECTION_FAILED:
+                    continue
+                # Out of descriptors or memory, or anything unexpected: pause
+                # rather than fail again at once, for as long as the error lasts.
                 self._accept_failed(listener.path, exc)
                 return
             conn.setblocking(False)

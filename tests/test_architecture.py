@@ -70,7 +70,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "server": {"jobs", "block", "blockjobs", "app", "cli"},
 }
 # Process-level leaves: they may import errors, nothing else of ours.
-for _leaf in ("pidfile", "systemd"):
+for _leaf in ("pidfile", "systemd", "keyval"):
     FORBIDDEN[_leaf] = {
         "clock",
         "qdict",
@@ -88,6 +88,7 @@ for _leaf in ("pidfile", "systemd"):
         "cli",
         "pidfile",
         "systemd",
+        "keyval",
     } - {_leaf}
 # Standard-library modules that mean sockets or JSON, kept out of the domain.
 FORBIDDEN_STDLIB: dict[str, set[str]] = {
