@@ -136,12 +136,16 @@ class App:
         self._stop.set()
 
     async def start(self) -> None:
-        """Listen, create the start-up nodes, write the pid file, in that order.
+        """Lock the pid file, listen, create the start-up nodes, write the pid
+        file, in that order.
 
         :raise ConfigError: one line naming what failed and why; whatever was
             set up before the failure is undone (no file is left behind).
         """
         try:
+            if self._pidfile is not None:
+                # First: a second daemon with the same pid file stops here.
+                self._pidfile.lock()
             for folder in self.config.allow_paths:
                 if not folder.is_dir():
                     reason = "Not a directory" if folder.exists() else "No such file or directory"
@@ -150,10 +154,12 @@ class App:
             for blockdev in self.config.blockdevs:
                 self._add_startup_node(blockdev)
             if self._pidfile is not None:
-                self._pidfile.acquire()
+                self._pidfile.write()
         except BaseException:
             await self.server.close(0.0)
             self.graph.close()
+            if self._pidfile is not None:
+                self._pidfile.release()
             raise
         if self.config.notify_socket is not None:
             self._notifier = Notifier(self.config.notify_socket)

@@ -1,9 +1,10 @@
 """A pid file locked as QEMU locks it, so that two daemons cannot share one.
 
 The file is opened (created if missing) and locked with a POSIX record lock
-before it is truncated and written; a second daemon given the same file
-fails to lock it and refuses to start. At exit the file is removed only if
-it is still the one we locked.
+first thing at start-up, and written once the daemon listens; a second
+daemon given the same file fails to lock it and refuses to start before it
+touches anything else. At exit the file is removed only if it is still the
+one we locked.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class PidFile:
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
 
-    def acquire(self, pid: int | None = None) -> None:
-        """Create, lock and write the file.
+    def lock(self) -> None:
+        """Create and lock the file.
 
         :raise ConfigError: QEMU's texts, e.g. "cannot create PID file:
             Cannot lock pid file: Resource temporarily unavailable".
@@ -59,6 +60,14 @@ class PidFile:
             break
         self._fd = fd
         self._identity = (st.st_dev, st.st_ino)
+
+    def write(self, pid: int | None = None) -> None:
+        """Write our pid (or *pid*) into the locked file.
+
+        :raise ConfigError: the write failed.
+        """
+        fd = self._fd
+        assert fd is not None, "lock() first"
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid() if pid is None else pid}\n".encode())

@@ -235,11 +235,16 @@ def test_pidfile_is_locked(sock_dir: Path, start: Callable[..., Daemon]) -> None
     pidfile = sock_dir / "pid"
     first = start("--socket", str(sock_dir / "s1"), "--pidfile", str(pidfile))
     assert pidfile.read_text() == f"{first.proc.pid}\n"
-    err = _fails(sock_dir, "--socket", str(sock_dir / "s2"), "--pidfile", str(pidfile))
-    assert err == (
+    locked = (
         "qmpjobd: cannot create PID file: Cannot lock pid file: Resource temporarily unavailable\n"
     )
+    err = _fails(sock_dir, "--socket", str(sock_dir / "s2"), "--pidfile", str(pidfile))
+    assert err == locked
+    # The same command line twice: the pid file is checked before the socket.
+    err = _fails(sock_dir, "--socket", str(sock_dir / "s1"), "--pidfile", str(pidfile))
+    assert err == locked
     assert pidfile.read_text() == f"{first.proc.pid}\n"
+    Client(sock_dir / "s1").close()
     assert first.stop() == 0
     assert _tree(sock_dir) == ["log"]
 
