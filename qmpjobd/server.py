@@ -84,7 +84,7 @@ class Server:
         self.sessions: set[Session] = set()
         #: Negotiated sessions in the order they negotiated: event recipients.
         self._listeners: dict[Session, None] = {}
-        self._listeners_socks: list[_Listener] = []
+        self._sockets: list[_Listener] = []
         self._accepting = False
         self._retry: asyncio.Handle | None = None
         self._last_accept_warning = -_ACCEPT_WARNING_INTERVAL
@@ -104,13 +104,13 @@ class Server:
         """
         try:
             for passed in self.passed_sockets:
-                self._listeners_socks.append(_adopt(passed))
-            adopted = {os.path.abspath(listener.path) for listener in self._listeners_socks}
+                self._sockets.append(_adopt(passed))
+            adopted = {os.path.abspath(listener.path) for listener in self._sockets}
             for path in self.socket_paths:
                 if os.path.abspath(path) in adopted:
                     continue  # the service manager passed this one
                 await _claim_path(path)
-                self._listeners_socks.append(_bind(path, self.socket_mode))
+                self._sockets.append(_bind(path, self.socket_mode))
         except BaseException:
             await self.close(0.0)
             raise
@@ -120,7 +120,7 @@ class Server:
         """Where the server listens, for logs."""
         return [
             str(listener.path) if listener.name is None else f"{listener.path} ({listener.name})"
-            for listener in self._listeners_socks
+            for listener in self._sockets
         ]
 
     # -- accepting -----------------------------------------------------------
@@ -129,11 +129,11 @@ class Server:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        if self._accepting or not self._listeners_socks:
+        if self._accepting or not self._sockets:
             return
         loop = asyncio.get_running_loop()
         self._accepting = True
-        for listener in self._listeners_socks:
+        for listener in self._sockets:
             loop.add_reader(listener.sock.fileno(), self._accept, listener)
 
     def _pause_accepting(self) -> None:
@@ -141,7 +141,7 @@ class Server:
             return
         self._accepting = False
         loop = asyncio.get_running_loop()
-        for listener in self._listeners_socks:
+        for listener in self._sockets:
             loop.remove_reader(listener.sock.fileno())
 
     def _accept(self, listener: _Listener) -> None:
@@ -253,10 +253,10 @@ class Server:
             self._retry.cancel()
             self._retry = None
         self._pause_accepting()
-        for listener in self._listeners_socks:
+        for listener in self._sockets:
             listener.sock.close()
             _unlink_if_ours(listener)
-        self._listeners_socks.clear()
+        self._sockets.clear()
 
     async def close(self, deadline: float = 1.0) -> None:
         """Phased shutdown: stop accepting, let replies flush, close every
