@@ -451,3 +451,22 @@ def test_daemonize_fails_with_the_start_up_error(sock_dir: Path) -> None:
     assert _fails(sock_dir, "--socket", str(path), "--daemonize") == (
         f"qmpjobd: Failed to bind socket to {path}: No such file or directory\n"
     )
+
+
+def test_daemonize_with_relative_paths(sock_dir: Path) -> None:
+    # The daemon leaves its working directory; relative paths still mean
+    # what they meant where it was started.
+    proc = subprocess.run(
+        _command("--socket", "rel.sock", "--pidfile", "pid", "--daemonize"),
+        capture_output=True,
+        timeout=30,
+        cwd=sock_dir,
+    )
+    assert proc.returncode == 0
+    pid = int((sock_dir / "pid").read_text())
+    try:
+        Client(sock_dir / "rel.sock").close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert _gone(pid)
+    assert _tree(sock_dir) == []
