@@ -14,6 +14,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "errors": {"*"},
     "clock": {"*"},
     "dispatch": {"*"},
+    "profile": {"session", "server", "commands", "app", "cli", "block", "blockjobs"},
     "events": {
         "jobs",
         "block",
