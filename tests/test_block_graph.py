@@ -1232,6 +1232,38 @@ def test_lookup_finds_generated_names(graph: BlockGraph) -> None:
     assert graph.lookup("#block000").driver == "null-co"
 
 
+def test_info_places_format_members_in_qapi_order(
+    graph: BlockGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a format with a backing file (qcow2) adds to the info: members a
+    driver returns from image_info_members go to their QAPI place, and
+    backing-filename also fills BlockDeviceInfo's backing_file."""
+    from qmpjobd.block import info
+
+    node = graph.add({"driver": "null-co", "node-name": "n"})
+    extra = {"format-specific": {"type": "x"}, "backing-filename": "b.img", "cluster-size": 512}
+    monkeypatch.setattr(node, "image_info_members", lambda: extra)
+    image = info.image_info(node)
+    assert list(image) == [
+        "filename",
+        "format",
+        "actual-size",
+        "virtual-size",
+        "cluster-size",
+        "backing-filename",
+        "format-specific",
+    ]
+    device = info.device_info(node)
+    assert device["backing_file"] == "b.img"
+    # backing_file and write_threshold share a bucket: inserted in QAPI order,
+    # the later one (write_threshold) prints first, as in QEMU.
+    keys = list(device)
+    assert keys.index("write_threshold") < keys.index("backing_file")
+    monkeypatch.setattr(node, "image_info_members", lambda: {"no-such-member": 1})
+    with pytest.raises(ValueError):
+        info.image_info(node)
+
+
 # -- allow-path -------------------------------------------------------------------
 
 
