@@ -47,7 +47,7 @@ def is_under(path: Path, roots: Sequence[Path]) -> bool:
 class _Opening:
     """One node being opened (the graph's side of :class:`~qmpjobd.block.node.Opening`)."""
 
-    def __init__(self, graph: BlockGraph, options: dict[str, Any], opened: list[BlockNode]):
+    def __init__(self, graph: BlockGraph, options: dict[str, Any], opened: list[BlockNode]) -> None:
         self._graph = graph
         self.options = options
         self.read_only = bool(options.get("read-only", False))
@@ -75,6 +75,8 @@ class _Opening:
         return self._name
 
     def child(self, role: str, ref: str | dict[str, Any] | None = None) -> BlockNode:
+        if role in self.children:
+            raise RuntimeError(f"child {role!r} taken twice")
         if ref is None:
             ref = self.options[role]
         graph = self._graph
@@ -202,6 +204,9 @@ class BlockGraph:
         opening = _Opening(self, options, opened)
         try:
             node = cls.open(opening)
+            if node.node_name != opening.node_name or node.children != opening.children:
+                node.close()
+                raise RuntimeError(f"{cls.__name__}.open built its node before taking all of it")
         except BaseException:
             for child in opening.children.values():
                 child.refcnt -= 1
