@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .block import BlockGraph
+from .blockjobs import BlockJobEvents, BlockJobService
 from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
 from .commands.block import block_commands
@@ -46,7 +47,9 @@ class App:
         self.schemas = SchemaSet()
         self.bus = EventBus(self.clock)
         self.jobs = JobManager(self.bus, self.clock)
+        self.jobs.add_listener(BlockJobEvents(self.bus))
         self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
+        self.blockjobs = BlockJobService(self.jobs, self.graph)
         self._stop = asyncio.Event()
         #: Set once every socket listens.
         self.started = asyncio.Event()
@@ -56,7 +59,7 @@ class App:
             request_stop=self.request_stop,
         )
         commands: list[tuple[str, Handler]] = [
-            *blockjob_commands(self.jobs, self.graph),
+            *blockjob_commands(self.blockjobs),
             *block_commands(self.graph),
             *job_commands(self.jobs),
             *core_commands(self.core),
