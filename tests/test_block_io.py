@@ -393,39 +393,6 @@ async def test_blkdebug_over_file_passes_data(graph: BlockGraph, tmp_path: Path)
     assert await outcome(node.read(4096, 4096)) == ENOSPC
 
 
-# -- blocking reads (what a format's open reads its header with) --------------------
-
-
-async def test_read_blocking_matches_read(graph: BlockGraph, tmp_path: Path) -> None:
-    data = os.urandom(3 * 4096 + 100)
-    path = tmp_path / "b.img"
-    path.write_bytes(data)
-    nodes = [
-        graph.add({"driver": "file", "node-name": "f", "filename": str(path)}),
-        graph.add({"driver": "raw", "node-name": "w", "file": "f", "offset": 512, "size": 4096}),
-        graph.add({"driver": "raw", "node-name": "tail", "file": "f", "offset": 8192}),
-        graph.add({"driver": "blkdebug", "node-name": "d", "image": "f"}),
-        graph.add({"driver": "null-co", "node-name": "n", "size": 8192, "latency-ns": 1000}),
-    ]
-    for node in nodes:
-        for offset, length in ((0, 0), (0, 512), (100, 1000), (node.size - 512, 512)):
-            assert node.read_blocking(offset, length) == await node.read(offset, length), node
-        with pytest.raises(OSError) as info:
-            node.read_blocking(node.size - 512, 1024)
-        assert info.value.errno == errno.EIO
-
-
-async def test_read_blocking_goes_through_blkdebug_rules(graph: BlockGraph) -> None:
-    node = raw_over_blkdebug(
-        graph, inject_error=[{"event": "read_aio", "sector": 8, "errno": 28, "once": True}]
-    )
-    assert node.read_blocking(0, 4096) == bytes(4096)  # fires read_aio: the rule is armed
-    with pytest.raises(OSError) as info:
-        node.read_blocking(4096, 4096)
-    assert info.value.errno == errno.ENOSPC
-    assert await node.read(4096, 4096) == bytes(4096)  # a once rule fires once
-
-
 # -- create_file -------------------------------------------------------------------
 
 

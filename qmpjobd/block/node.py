@@ -16,8 +16,7 @@ A driver is a :class:`BlockNode` subclass in its own module of
   driver run) and ``opening.child(role)`` (a child is looked up by name or
   opened from nested options);
 * the I/O hooks ``_read``, ``_write``, ``_write_zeroes``, ``_flush``,
-  ``_block_status``, ``_length``, and ``_read_blocking`` (for the reads a
-  parent's ``open`` makes before the node is in use);
+  ``_block_status`` and ``_length``;
 * the info hooks ``strong_options``, ``exact_filename``, ``has_info``,
   ``actual_size``, ``filter_or_cow_child``, ``gather_child_options`` and
   ``image_info_members``, from which :mod:`qmpjobd.block.info` renders
@@ -314,23 +313,9 @@ class BlockNode:
         self._check_request(offset, length)
         return await self._block_status(offset, length)
 
-    def read_blocking(self, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes at ``offset`` on the calling thread, with the
-        checks of :meth:`read`. For a driver's ``open``, which runs on the
-        event loop and cannot await: a format reads its header from its
-        ``file`` child this way (QEMU's open reads synchronously too).
-
-        :raise OSError: the request is out of range or the I/O failed.
-        """
-        self._check_request(offset, length)
-        return self._read_blocking(offset, length)
-
     def file_path(self) -> Path | None:
         """The file behind this node when its bytes are that file's bytes at offset 0."""
         return None
-
-    def _read_blocking(self, offset: int, length: int) -> bytes:
-        raise NotImplementedError
 
     async def _read(self, offset: int, length: int) -> bytes:
         raise NotImplementedError

@@ -100,12 +100,6 @@ class BlkdebugNode(BlockNode):
         await self._check(offset, length, "read")
         return await self.image.read(offset, length)
 
-    def _read_blocking(self, offset: int, length: int) -> bytes:
-        code, _ = self.rules.check(offset, length, "read")
-        if code:
-            raise os_error(code)
-        return self.image.read_blocking(offset, length)
-
     async def _write(self, offset: int, data: bytes) -> None:
         await self._check(offset, len(data), "write")
         await self.image.write(offset, data)

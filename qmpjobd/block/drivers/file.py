@@ -125,9 +125,6 @@ class FileNode(BlockNode):
         hole = os.lseek(self._fd, offset, os.SEEK_HOLE)
         return True, max(1, min(length, hole - offset))
 
-    def _read_blocking(self, offset: int, length: int) -> bytes:
-        return self._pread(offset, length)
-
     async def _read(self, offset: int, length: int) -> bytes:
         return await self._ctx.run(self._pread, offset, length)
 

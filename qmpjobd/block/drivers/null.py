@@ -52,9 +52,6 @@ class NullNode(BlockNode):
         # Without read-zeroes QEMU leaves the buffer untouched; zeros are one such buffer.
         return bytes(length)
 
-    def _read_blocking(self, offset: int, length: int) -> bytes:
-        return bytes(length)  # latency-ns delays requests, not reads made at open
-
     async def _write(self, offset: int, data: bytes) -> None:
         await self._delay()
 

@@ -71,12 +71,6 @@ class RawNode(BlockNode):
         data = await self.file.read(self.offset + offset, n) if n else b""
         return data + bytes(length - n)
 
-    def _read_blocking(self, offset: int, length: int) -> bytes:
-        self.file._debug_event("read_aio")
-        n = self._clamp(offset, length)
-        data = self.file.read_blocking(self.offset + offset, n) if n else b""
-        return data + bytes(length - n)
-
     async def _write(self, offset: int, data: bytes) -> None:
         self.file._debug_event("write_aio")
         await self.file.write(self.offset + offset, data)
