@@ -16,7 +16,8 @@ A driver is a :class:`BlockNode` subclass in its own module of
   driver run) and ``opening.child(role)`` (a child is looked up by name or
   opened from nested options);
 * the I/O hooks ``_read``, ``_write``, ``_write_zeroes``, ``_flush``,
-  ``_block_status`` and ``_length``;
+  ``_block_status`` and ``_length``, and ``file_path``/``host_fd`` when
+  the node's bytes are a host file's;
 * the info hooks ``strong_options``, ``exact_filename``, ``has_info``,
   ``actual_size``, ``filter_or_cow_child``, ``gather_child_options`` and
   ``image_info_members``, from which :mod:`qmpjobd.block.info` renders
@@ -315,6 +316,16 @@ class BlockNode:
 
     def file_path(self) -> Path | None:
         """The file behind this node when its bytes are that file's bytes at offset 0."""
+        return None
+
+    def host_fd(self) -> int | None:
+        """The open host file whose bytes are this node's, all of them, or None.
+
+        For a format layer that does blocking I/O in the thread pool
+        (:class:`qmpjobd.block.qcow2.FdHostFile` over this descriptor): it
+        may grow the file (the node's ``size`` stays the length read at open).
+        The node keeps owning the descriptor and closes it.
+        """
         return None
 
     async def _read(self, offset: int, length: int) -> bytes:

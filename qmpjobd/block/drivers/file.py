@@ -75,6 +75,9 @@ class FileNode(BlockNode):
     def file_path(self) -> Path | None:
         return Path(self.path)
 
+    def host_fd(self) -> int | None:
+        return None if self.closed else self._fd
+
     def _pread(self, offset: int, length: int) -> bytes:
         parts: list[bytes] = []
         done = 0
