@@ -21,6 +21,7 @@ Must not import: jobs, sockets, JSON.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ from .node import BlockNode, IOContext, NodeReference
 DEFAULT_IO_WORKERS = 4
 _NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
 _NODE_NAME_MAX = 31
+
+log = logging.getLogger(__name__)
 
 
 def is_under(path: Path, roots: Sequence[Path]) -> bool:
@@ -294,6 +297,7 @@ class BlockGraph:
         :raise QMPError: "Path '%s' is not under an allowed directory".
         """
         if self._allow is not None and not is_under(Path(filename), self._allow):
+            log.warning("refused to open %s: not under an allowed directory", filename)
             raise QMPError(f"Path '{filename}' is not under an allowed directory")
 
     async def create_file(self, filename: str, size: int, preallocation: str = "off") -> None:

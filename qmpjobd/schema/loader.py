@@ -26,7 +26,14 @@ from typing import Any
 import jsonschema
 
 from .introspect import introspect
-from .validate import SchemaError, StockValidator, Walker, standardise, stock_registry
+from .validate import (
+    SchemaError,
+    StockValidator,
+    Walker,
+    keyval_typed,
+    standardise,
+    stock_registry,
+)
 
 #: Where the schema files sit inside the package.
 DATA_DIR = "_schema_data"
@@ -125,6 +132,18 @@ class SchemaSet:
             return
         self.walker.visit(schema.arguments, arguments, (), None)
 
+
+    def keyval_arguments(self, command: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Give the strings of a keyval option (``--blockdev k=v,...``) the types
+        *command*'s schema asks for, as QEMU's keyval input visitor does.
+
+        Members the schema does not know are left as they are, for
+        :meth:`validate_arguments` to name.
+
+        :raise QMPError: a value of the wrong form, with QEMU's text (e.g.
+            "Parameter 'size' expects integer").
+        """
+        return keyval_typed(self.walker, self.commands[command].arguments, arguments)
     def stock_validator(self, command: str) -> Any:
         """A stock jsonschema validator for *command*'s arguments (for cross-checks)."""
         validator = self._stock.get(command)
