@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,19 @@ async def test_a_write_back_error_is_a_write_error(
     ) in events
     [completed] = [e for e in events if e[0] == "BLOCK_JOB_COMPLETED"]
     assert completed[1]["error"] == "Input/output error"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_the_real_sync_file_range_is_there_on_linux(tmp_path: Path) -> None:
+    call = WriteBack.sync_file_range
+    assert call is not None
+    fd = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"x" * 65536, 0)
+        call(fd, 0, 65536, WRITEBACK_START)
+        call(fd, 0, 65536, WRITEBACK_WAIT)
+        with pytest.raises(OSError) as caught:
+            call(fd, 0, 65536, 1 << 10)  # no such flag
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)

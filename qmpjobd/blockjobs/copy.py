@@ -24,9 +24,11 @@ Must not import: sockets, JSON.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno as errno_mod
 import functools
 import os
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -50,9 +52,10 @@ _T = TypeVar("_T")
 #: How far write-back may lag behind an unthrottled copy: older ranges are
 #: waited for before the copy goes on.
 WRITEBACK_WINDOW = 32 << 20
-_SYNC_WAIT_BEFORE = getattr(os, "SYNC_FILE_RANGE_WAIT_BEFORE", 1)
-_SYNC_WRITE = getattr(os, "SYNC_FILE_RANGE_WRITE", 2)
-_SYNC_WAIT_AFTER = getattr(os, "SYNC_FILE_RANGE_WAIT_AFTER", 4)
+# Linux's values (the os module has neither the call nor its flags).
+_SYNC_WAIT_BEFORE = 1
+_SYNC_WRITE = 2
+_SYNC_WAIT_AFTER = 4
 #: Start write-back of a range; do not wait.
 WRITEBACK_START = _SYNC_WRITE
 #: Write a range back and wait until it is on the device.
@@ -86,6 +89,28 @@ def round_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
+def _libc_sync_file_range() -> Callable[[int, int, int, int], None] | None:
+    """Linux's ``sync_file_range(2)`` through the C library (Python's os module
+    does not offer it), raising :class:`OSError`; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
+        # A foreign call: the GIL is released while the kernel works.
+        if call(fd, offset, length, flags) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return sync_file_range
+
+
 class WriteBack:
     """Starts write-back of the ranges written to a file, bounding the lag.
 
@@ -99,9 +124,7 @@ class WriteBack:
 
     #: The system call, ``(fd, offset, length, flags)``; None where missing.
     #: A seam: tests replace it to watch the calls.
-    sync_file_range: Callable[[int, int, int, int], None] | None = getattr(
-        os, "sync_file_range", None
-    )
+    sync_file_range: Callable[[int, int, int, int], None] | None = _libc_sync_file_range()
 
     def __init__(self, fd: int, window: int | None = None) -> None:
         self.fd = fd
