@@ -212,3 +212,33 @@ def test_the_real_sync_file_range_is_there_on_linux(tmp_path: Path) -> None:
         assert caught.value.errno == errno.EINVAL
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("speed", [0, 1 << 30])
+async def test_an_unthrottled_copy_between_files_reads_the_source_ahead(
+    c: JobClient, tmp_path: Path, log: Log, monkeypatch: pytest.MonkeyPatch, speed: int
+) -> None:
+    source = tmp_path / "src.img"
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_WILLNEED
+        assert os.path.samefile(f"/proc/self/fd/{fd}", source)
+        log.append(("ahead", offset, length, 0))
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    args = {"speed": speed} if speed else {}
+    data = await _backup(c, tmp_path, "file", **args)
+    assert (tmp_path / "tgt.img").read_bytes() == data
+    aheads = [i for i, e in enumerate(log) if e[0] == "ahead"]
+    if speed:
+        assert aheads == []  # a rate-limited copy reads as it goes
+        return
+    writes = [i for i, e in enumerate(log) if e[0] == "write"]
+    # Each range is asked for once, before it is copied.
+    asked = [log[i][1:3] for i in aheads]
+    assert _covered(asked) == [(MAX_CHUNK, MAX_CHUNK + sum(n for _, n in asked))]
+    assert sum(n for _, n in asked) >= SIZE - MAX_CHUNK
+    for w in writes:
+        offset = log[w][1]
+        if offset >= MAX_CHUNK:
+            assert any(o <= offset < o + n for i in aheads if i < w for o, n in [log[i][1:3]])

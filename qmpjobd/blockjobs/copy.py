@@ -11,7 +11,9 @@ target node, one chunk at a time, between pause points:
 * when the target is a plain file, write-back of every written range starts
   at once (``sync_file_range``), and an unthrottled copy waits for ranges
   more than :data:`WRITEBACK_WINDOW` behind, so dirty pages never pile up
-  and the flush that ends the copy is short (see :class:`WriteBack`);
+  and the flush that ends the copy is short (see :class:`WriteBack`); an
+  unthrottled copy between files also asks for the source's next
+  :data:`READAHEAD` bytes ahead, so reading does not stop while it waits;
 * every failed request goes through the job's error policy: ``report``
   fails the job with the errno's text, ``stop`` parks the job and retries
   the same request after resume, ``ignore`` retries at once;
@@ -52,6 +54,9 @@ _T = TypeVar("_T")
 #: How far write-back may lag behind an unthrottled copy: older ranges are
 #: waited for before the copy goes on.
 WRITEBACK_WINDOW = 32 << 20
+#: How far ahead of an unthrottled copy between files the source is read
+#: (``POSIX_FADV_WILLNEED``), so reads go on while write-back is waited for.
+READAHEAD = 16 << 20
 # Linux's values (the os module has neither the call nor its flags).
 _SYNC_WAIT_BEFORE = 1
 _SYNC_WRITE = 2
@@ -174,12 +179,30 @@ class _FileRange:
             os.close(self.dst)
             raise
         self.writeback = WriteBack(self.dst)
+        #: Where the source has been asked for up to (``POSIX_FADV_WILLNEED``).
+        self._ahead = 0
 
     def copy(self, offset: int, length: int, bounded: bool = True) -> None:
         """Copy ``[offset, offset+length)``, then start its write-back; bytes
-        past the source's end are zeros."""
+        past the source's end are zeros. ``bounded``: not rate limited, so
+        read ahead and bound the write-back lag."""
+        if bounded:
+            self._read_ahead(offset + length)
         self._copy(offset, length)
         self.writeback.written(offset, length, bounded)
+
+    def _read_ahead(self, start: int) -> None:
+        """Ask for ``[start, start+READAHEAD)`` of the source (what was not
+        asked for yet): the kernel reads it while this thread copies and waits."""
+        end = start + READAHEAD
+        start = max(start, self._ahead)
+        if self.src is None or start >= end or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(self.src, start, end - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            return  # only advice
+        self._ahead = end
 
     def _copy(self, offset: int, length: int) -> None:
         assert self.src is not None
