@@ -210,9 +210,13 @@ def start(spec: TargetSpec, monitors: int = 1) -> Running:
                 run.stop()
                 raise RuntimeError(f"{spec.name} did not create its socket in 30 s")
             time.sleep(0.005)
-    conn = _first_connection(run)
     try:
-        run.commands = {c["name"] for c in conn.execute("query-commands")}
-    finally:
-        conn.close()
+        conn = _first_connection(run)
+        try:
+            run.commands = {c["name"] for c in conn.execute("query-commands")}
+        finally:
+            conn.close()
+    except BaseException:
+        run.stop()  # not left running when it cannot be used
+        raise
     return run
