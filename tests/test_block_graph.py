@@ -1236,8 +1236,9 @@ def test_info_places_format_members_in_qapi_order(
     graph: BlockGraph, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a format with a backing file (qcow2) adds to the info: members a
-    driver returns from image_info_members go to their QAPI place, and
-    backing-filename also fills BlockDeviceInfo's backing_file."""
+    driver returns from image_info_members go to their QAPI place;
+    BlockDeviceInfo's backing_file comes from backing_file_name (the backing
+    node's filename, as QEMU shows it), not from the header's name."""
     from qmpjobd.block import info
 
     node = graph.add({"driver": "null-co", "node-name": "n"})
@@ -1253,8 +1254,10 @@ def test_info_places_format_members_in_qapi_order(
         "backing-filename",
         "format-specific",
     ]
+    assert "backing_file" not in info.device_info(node)
+    monkeypatch.setattr(node, "backing_file_name", lambda: "/images/b.img")
     device = info.device_info(node)
-    assert device["backing_file"] == "b.img"
+    assert device["backing_file"] == "/images/b.img"
     # backing_file and write_threshold share a bucket: inserted in QAPI order,
     # the later one (write_threshold) prints first, as in QEMU.
     keys = list(device)

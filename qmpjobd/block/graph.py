@@ -265,9 +265,7 @@ class BlockGraph:
             raise QMPError(f"Node {node_name} is in use")
         reason = node.busy_reason
         if reason is not None:
-            raise QMPError(
-                f"Node '{node_name}' is busy: block device is in use by block job: {reason}"
-            )
+            raise QMPError(f"Node '{node_name}' is busy: {reason}")
         if not node.monitor_owned:
             raise QMPError(f"Node {node_name} is not owned by the monitor")
         if node.refcnt > 1:

@@ -127,7 +127,8 @@ def device_info(node: BlockNode) -> dict[str, Any]:
         },
         "write_threshold": 0,
     }
-    if "backing-filename" in image:
-        info["backing_file"] = image["backing-filename"]
+    backing_file = node.backing_file_name()
+    if backing_file is not None:
+        info["backing_file"] = backing_file
     result: dict[str, Any] = qemu_order(_in_order(info, DEVICE_INFO_MEMBERS))
     return result

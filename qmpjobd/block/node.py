@@ -69,13 +69,18 @@ def non_negative(options: dict[str, Any], key: str) -> None:
 
 
 class JobBlocker:
-    """A block job's hold on a node: ``blockdev-del`` answers "busy" until released."""
+    """A hold that makes operations on a node "busy" until released: a block
+    job's (every operation), or a parent's on its backing node (QEMU's
+    backing blocker: every operation but those in ``allow``)."""
 
-    __slots__ = ("_node", "job_type")
+    __slots__ = ("_node", "allow", "reason")
 
-    def __init__(self, node: BlockNode, job_type: str) -> None:
+    def __init__(self, node: BlockNode, reason: str, allow: frozenset[str] = frozenset()) -> None:
         self._node: BlockNode | None = node
-        self.job_type = job_type
+        #: the text after "Node '%s' is busy: "
+        self.reason = reason
+        #: operations this hold does not block (``backup-source``, ``stream``...)
+        self.allow = allow
 
     def release(self) -> None:
         """Drop the hold (idempotent)."""
@@ -233,14 +238,25 @@ class BlockNode:
 
     def block_job(self, job_type: str) -> JobBlocker:
         """Mark the node as used by a block job of ``job_type`` until ``release()``."""
-        blocker = JobBlocker(self, job_type)
+        return self.block_ops(f"block device is in use by block job: {job_type}")
+
+    def block_ops(self, reason: str, allow: frozenset[str] = frozenset()) -> JobBlocker:
+        """Block every operation but ``allow`` on the node until ``release()``."""
+        blocker = JobBlocker(self, reason, allow)
         self._blockers.append(blocker)
         return blocker
 
+    def busy_reason_for(self, op: str) -> str | None:
+        """Why ``op`` is blocked on the node (the newest hold that blocks it), or None."""
+        for blocker in reversed(self._blockers):
+            if op not in blocker.allow:
+                return blocker.reason
+        return None
+
     @property
     def busy_reason(self) -> str | None:
-        """The job type holding the node (newest hold first), or None."""
-        return self._blockers[-1].job_type if self._blockers else None
+        """Why deleting the node is blocked (newest hold first), or None."""
+        return self.busy_reason_for("drive-del")
 
     # -- I/O --------------------------------------------------------------
 
@@ -384,6 +400,10 @@ class BlockNode:
     def filter_or_cow_child(self) -> BlockNode | None:
         """The child shown as ``backing-image`` and counted in
         ``backing_file_depth``: a filter's child, or a format's backing node."""
+        return None
+
+    def backing_file_name(self) -> str | None:
+        """BlockDeviceInfo's ``backing_file``: the backing node's filename, if any."""
         return None
 
     def image_info_members(self) -> dict[str, Any]:

@@ -45,12 +45,10 @@ _TARGET_FORMATS = ("raw", "file")
 _NO_CREATE_FORMATS = ("null-co", "null-aio", "blkdebug")
 
 
-def _busy(node: BlockNode) -> None:
-    reason = node.busy_reason
+def _busy(node: BlockNode, op: str = "") -> None:
+    reason = node.busy_reason_for(op) if op else node.busy_reason
     if reason is not None:
-        raise QMPError(
-            f"Node '{node.node_name}' is busy: block device is in use by block job: {reason}"
-        )
+        raise QMPError(f"Node '{node.node_name}' is busy: {reason}")
 
 
 def _unallocated(node: BlockNode) -> bool:
@@ -196,7 +194,7 @@ class BlockJobService:
         fmt = image.format
         if fmt is None and image.mode != "existing":
             fmt = source.driver
-        _busy(source)
+        _busy(source, "backup-source")
         if image.mode != "existing":
             assert fmt is not None
             self._check_create_format(fmt)
@@ -242,8 +240,8 @@ class BlockJobService:
         if spec.compress:
             # QEMU names the target's BlockBackend, which has no name here.
             raise QMPError("Compression is not supported for this drive ")
-        _busy(source)
-        _busy(target)
+        _busy(source, "backup-source")
+        _busy(target, "backup-target")
         if self._backup_sources[target]:
             raise QMPError(
                 f"Could not create node: Permission conflict on node '{target.node_name}': "

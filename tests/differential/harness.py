@@ -44,6 +44,7 @@ from .model import (
     Expect,
     Scenario,
     Step,
+    bytes_to_text,
     is_event,
     is_reply,
     strict_equal,
@@ -444,6 +445,12 @@ class Runner:
                 _send_all(conn.sock, chunk.replace(TMP_PLACEHOLDER, tmp))
         elif step.action == "close":
             self._close(self.conns[step.conn])
+        elif step.action == "run":
+            # A program run on the host between requests (qemu-img preparing
+            # images), its arguments with {tmp} replaced.
+            tmp = self.target.files_dir().encode()
+            argv = [bytes_to_text(c.replace(TMP_PLACEHOLDER, tmp)) for c in step.chunks]
+            subprocess.run(argv, check=True, capture_output=True)
         else:  # pragma: no cover - guarded by the Step type
             raise ValueError(step.action)
 

@@ -23,7 +23,7 @@ JSON = Any
 GROUP_PROTOCOL = "protocol"
 GROUP_JOBS = "jobs"
 
-Action = Literal["connect", "send", "close"]
+Action = Literal["connect", "send", "close", "run"]
 
 
 class _Unset:
@@ -149,6 +149,8 @@ class Step:
             out["send"] = [bytes_to_text(c) for c in self.chunks]
             if self.gap_ms:
                 out["gap_ms"] = self.gap_ms
+        if self.action == "run":
+            out["run"] = [bytes_to_text(c) for c in self.chunks]
         if self.shape:
             out["shape"] = list(self.shape)
         out["expect"] = {str(k): v.to_json() for k, v in sorted(self.expect.items())}
@@ -159,7 +161,7 @@ class Step:
         return cls(
             conn=int(obj["conn"]),
             action=cast(Action, obj["action"]),
-            chunks=tuple(text_to_bytes(c) for c in obj.get("send", ())),
+            chunks=tuple(text_to_bytes(c) for c in obj.get("send", obj.get("run", ()))),
             expect={int(k): Expect.from_json(v) for k, v in obj.get("expect", {}).items()},
             gap_ms=int(obj.get("gap_ms", 0)),
             shape=tuple(obj.get("shape", ())),

@@ -7,6 +7,10 @@ What is replaced before comparing (and nothing else):
   ``package``, since qmpjobd reports 7.2.0 and its own package string;
 * job progress numbers (``offset``, ``len``, ``current-progress``,
   ``total-progress``), only in scenarios with ``progress`` set;
+* generated node names (``#block`` and digits: QEMU's process-wide counter
+  and two random digits) become ``#block<n>``, numbered in the order they
+  first appear in the transcript, so a name keeps its identity across
+  messages;
 * per step, ``shape`` normalisations: ``"commands"`` turns a ``return`` that is
   a non-empty list of ``{"name": str}`` into a marker.
 
@@ -20,6 +24,7 @@ after a command's reply).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,6 +98,24 @@ def normalise_message(
     return out
 
 
+_IMPLICIT_NAME = re.compile(r"#block[0-9]+")
+
+
+def _rename_implicit(value: JSON, names: dict[str, str]) -> JSON:
+    """Generated node names as ``#block<n>``, ``n`` their order of first appearance."""
+    if isinstance(value, str):
+        if "#block" not in value:
+            return value
+        return _IMPLICIT_NAME.sub(
+            lambda m: names.setdefault(m.group(0), f"#block<{len(names)}>"), value
+        )
+    if isinstance(value, list):
+        return [_rename_implicit(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: _rename_implicit(v, names) for k, v in value.items()}
+    return value
+
+
 def normalise(transcript: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The transcript's steps with every received message normalised."""
     progress = bool(transcript.get("progress", False))
@@ -109,6 +132,11 @@ def normalise(transcript: Mapping[str, Any]) -> list[dict[str, Any]]:
         for k, msgs in transcript.get("trailing", {}).items()
     }
     steps.append({"action": "(after the last step)", "conn": None, "received": trailing})
+    names: dict[str, str] = {}
+    for step in steps:
+        step["received"] = {
+            k: [_rename_implicit(m, names) for m in msgs] for k, msgs in step["received"].items()
+        }
     return steps
 
 

@@ -21,6 +21,7 @@ from .model import (
     Scenario,
     Step,
 )
+from .scenarios_chain import CHAIN
 from .scenarios_jobs import MORE_JOBS
 from .steps import (
     CAPS,
@@ -683,6 +684,6 @@ JOBS: tuple[Scenario, ...] = (
 )
 
 
-ALL: tuple[Scenario, ...] = PROTOCOL + JOBS + MORE_JOBS
+ALL: tuple[Scenario, ...] = PROTOCOL + JOBS + MORE_JOBS + CHAIN
 BY_NAME: dict[str, Scenario] = {s.name: s for s in ALL}
 assert len(BY_NAME) == len(ALL), "scenario names must be unique"

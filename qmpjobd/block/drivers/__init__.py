@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ..node import BlockNode
-from . import blkdebug, file, null, raw
+from . import blkdebug, file, null, qcow2, raw
 
 
 def _registry(*classes: type[BlockNode]) -> Mapping[str, type[BlockNode]]:
@@ -34,4 +34,5 @@ DRIVERS: Mapping[str, type[BlockNode]] = _registry(
     file.FileNode,
     raw.RawNode,
     blkdebug.BlkdebugNode,
+    qcow2.Qcow2Node,
 )

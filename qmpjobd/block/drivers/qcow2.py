@@ -1,0 +1,247 @@
+"""``qcow2``: a qcow2 image in its ``file`` child, over an optional backing node.
+
+A format driver: it takes ``file`` before it is named, opens the image
+(:class:`~qmpjobd.block.qcow2.Qcow2Image`, blocking, as QEMU's open is) on
+the child's host file, then takes ``backing``: a node name, nested options,
+``null`` (no backing node), or, when absent, the backing file named in the
+image header, opened read-only as implicit nodes (a ``file`` node and a
+format node, with generated names). A backing node is blocked for every
+operation but those QEMU leaves open on a backing node (backup, stream,
+commit target), with "node is used as backing hd of '%s'".
+
+I/O runs the image's blocking methods in the thread pool; clusters not
+allocated in the image are read from the backing node (zeros past its end,
+or without one).
+
+Must not import: jobs, sockets, JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from ...errors import QMPError
+from .. import info
+from ..node import BlockNode, JobBlocker, Opening
+from ..qcow2 import MAGIC, Allocation, FdHostFile, Qcow2Image
+
+#: Operations a backing node stays open for (QEMU's ``bdrv_backing_attach``).
+BACKING_ALLOWS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
+_MISSING = object()
+
+
+def full_backing_filename(file: BlockNode, backing: str) -> str:
+    """The header's backing file name made absolute against the image's folder."""
+    if backing.startswith("/") or backing.startswith("json:"):
+        return backing
+    path = file.file_path()
+    base = os.path.dirname(str(path)) if path is not None else ""
+    return os.path.join(base, backing) if base else backing
+
+
+def _probe(filename: str) -> str:
+    """The format of a backing file named without one: qcow2 by its magic, else raw."""
+    try:
+        with open(filename, "rb") as f:
+            return "qcow2" if f.read(4) == MAGIC else "raw"
+    except OSError:
+        return "raw"
+
+
+class Qcow2Node(BlockNode):
+    """``qcow2``."""
+
+    driver = "qcow2"
+
+    def __init__(self, opening: Opening, image: Qcow2Image, implicit_backing: bool) -> None:
+        super().__init__(opening)
+        self.image = image
+        #: QEMU's auto_backing_file: the backing node's filename when it was
+        #: opened from the header, else the header's name
+        self._implicit_backing = implicit_backing
+        self._lock = asyncio.Lock()
+        self._backing_blocker: JobBlocker | None = None
+        backing = self.backing
+        if backing is not None:
+            self._backing_blocker = backing.block_ops(
+                f"node is used as backing hd of '{self.node_name}'", BACKING_ALLOWS
+            )
+
+    @classmethod
+    def open(cls, opening: Opening) -> BlockNode:
+        options = opening.options
+        child = opening.child("file")
+        opening.name()
+        fd = child.host_fd()
+        if fd is None:
+            raise QMPError("Image is not in qcow2 format")
+        host = FdHostFile(fd, no_flush=child.cache_no_flush)
+        image = Qcow2Image.open(host, read_only=opening.read_only)
+        try:
+            implicit = False
+            ref = options.get("backing", _MISSING)
+            try:
+                if isinstance(ref, str | dict):
+                    if isinstance(ref, dict) and "read-only" not in ref:
+                        ref = {**ref, "read-only": True}
+                    opening.child("backing", ref)
+                elif ref is _MISSING and image.backing_file:
+                    filename = full_backing_filename(child, image.backing_file)
+                    fmt = image.backing_format or _probe(filename)
+                    file_opts = {"driver": "file", "filename": filename}
+                    opening.child("backing", {"driver": fmt, "file": file_opts, "read-only": True})
+                    implicit = True
+            except QMPError as exc:
+                raise QMPError(f"Could not open backing file: {exc.desc}") from exc
+            return cls(opening, image, implicit)
+        except BaseException:
+            image.read_only = True  # nothing written: close without touching the file
+            image.close()
+            raise
+
+    # -- children ---------------------------------------------------------
+
+    @property
+    def file(self) -> BlockNode:
+        return self.children["file"]
+
+    @property
+    def backing(self) -> BlockNode | None:
+        return self.children.get("backing")
+
+    # -- I/O --------------------------------------------------------------
+
+    def _length(self) -> int:
+        return self.image.size
+
+    async def _read_backing(self, offset: int, length: int) -> bytes:
+        backing = self.backing
+        if backing is None:
+            return bytes(length)
+        n = max(0, min(length, backing.size - offset))
+        data = await backing.read(offset, n) if n else b""
+        return data + bytes(length - n)
+
+    def _read_layer(self, offset: int, length: int) -> list[tuple[int, int, bytes | None]]:
+        """This layer's runs: ``(offset, length, data)``, data None where unallocated."""
+        out: list[tuple[int, int, bytes | None]] = []
+        pos, end = offset, offset + length
+        while pos < end:
+            extent = self.image.block_status(pos, end - pos)
+            n = extent.length
+            if extent.kind is Allocation.UNALLOCATED:
+                out.append((pos, n, None))
+            else:
+                out.append((pos, n, self.image.read(pos, n)))
+            pos += n
+        return out
+
+    async def _read(self, offset: int, length: int) -> bytes:
+        self.file._debug_event("read_aio")
+        runs = await self._ctx.run(self._read_layer, offset, length)
+        parts = []
+        for pos, n, data in runs:
+            parts.append(data if data is not None else await self._read_backing(pos, n))
+        return b"".join(parts)
+
+    async def _cow_reader(self, ranges: list[tuple[int, int]]) -> Any:
+        """A backing-read callback serving ``ranges``, read ahead from the backing node."""
+        got = [(pos, await self._read_backing(pos, n)) for pos, n in ranges]
+
+        def backing_read(offset: int, length: int) -> bytes:
+            for pos, data in got:
+                if pos <= offset and offset + length <= pos + len(data):
+                    return data[offset - pos : offset - pos + length]
+            raise OSError(5, "backing range not read ahead")
+
+        return backing_read
+
+    async def _write(self, offset: int, data: bytes) -> None:
+        self.file._debug_event("write_aio")
+        async with self._lock:
+            ranges = await self._ctx.run(self.image.cow_ranges, offset, len(data))
+            reader = await self._cow_reader(ranges)
+            await self._ctx.run(self.image.write, offset, data, reader)
+
+    async def _write_zeroes(self, offset: int, length: int) -> None:
+        async with self._lock:
+            ranges = await self._ctx.run(self.image.cow_ranges, offset, length)
+            reader = await self._cow_reader(ranges)
+            await self._ctx.run(self.image.write_zeroes, offset, length, reader)
+
+    async def _flush(self) -> None:
+        await self._ctx.run(self.image.flush)
+
+    async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
+        extent = await self._ctx.run(self.image.block_status, offset, length)
+        if extent.kind is Allocation.DATA:
+            return True, extent.length
+        if extent.kind is Allocation.ZERO:
+            return False, extent.length
+        backing = self.backing
+        if backing is None or offset >= backing.size:
+            return False, extent.length
+        n = min(extent.length, backing.size - offset)
+        return await backing.block_status(offset, n)
+
+    async def allocated(self, offset: int, length: int) -> tuple[bool, int]:
+        """Whether the first run of bytes at ``offset`` is allocated in this layer."""
+        extent = await self._ctx.run(self.image.block_status, offset, length)
+        return extent.kind is not Allocation.UNALLOCATED, extent.length
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            if self._backing_blocker is not None:
+                self._backing_blocker.release()
+            self.image.close()
+
+    # -- query-named-block-nodes -------------------------------------------
+
+    def backing_overridden(self) -> bool:
+        """QEMU's ``bdrv_backing_overridden``: the backing node is not the one
+        the header names."""
+        backing = self.backing
+        header = self.image.backing_file or ""
+        if backing is None:
+            return header != ""
+        auto = backing.filename if self._implicit_backing else header
+        return auto != backing.filename
+
+    def exact_filename(self) -> str | None:
+        if self.backing_overridden():
+            return None
+        return self.file.exact_filename()
+
+    def gather_child_options(self, opts: dict[str, Any]) -> None:
+        opts["file"] = info.full_open_options(self.file)
+        if self.backing_overridden():
+            backing = self.backing
+            opts["backing"] = None if backing is None else info.full_open_options(backing)
+
+    def has_info(self) -> bool:
+        return True
+
+    def actual_size(self) -> int | None:
+        return self.file.actual_size()
+
+    def filter_or_cow_child(self) -> BlockNode | None:
+        return self.backing
+
+    def image_info_members(self) -> dict[str, Any]:
+        members: dict[str, Any] = {"cluster-size": self.image.cluster_size}
+        header = self.image.backing_file
+        if header:
+            members["backing-filename"] = header
+            members["full-backing-filename"] = full_backing_filename(self.file, header)
+            if self.image.backing_format:
+                members["backing-filename-format"] = self.image.backing_format
+        members["format-specific"] = {"type": "qcow2", "data": self.image.format_specific()}
+        return members
+
+    def backing_file_name(self) -> str | None:
+        """BlockDeviceInfo's ``backing_file``: the backing node's filename."""
+        backing = self.backing
+        return None if backing is None else backing.filename

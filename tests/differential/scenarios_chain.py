@@ -1,0 +1,161 @@
+"""qcow2 scenarios: backing chains made by ``qemu-img``, opened with
+``blockdev-add`` (implicit backing nodes, backing by node name, ``null``),
+``query-named-block-nodes``, the rules between layers, jobs on qcow2 nodes.
+
+Collected into :data:`tests.differential.scenarios.ALL`. The images are
+prepared by ``run`` steps (``qemu-img``, ``qemu-io``) in the run's folder.
+No scenario opens one image file twice: QEMU locks image files, qmpjobd
+does not.
+"""
+
+from __future__ import annotations
+
+from .model import JSON, Scenario, Step
+from .scenarios_jobs import ask, q
+from .steps import J, MiB, connect, jobs, negotiate
+
+KiB = 1024
+
+
+def run(*argv: str) -> Step:
+    return Step(0, "run", tuple(a.encode() for a in argv))
+
+
+def img(name: str) -> str:
+    return "{tmp}/" + name
+
+
+def overlay(name: str, backing: str) -> Step:
+    """``qemu-img create`` of the qcow2 image ``name`` over ``backing`` (a relative name)."""
+    return run("qemu-img", "create", "-f", "qcow2", "-b", backing, "-F", "qcow2", img(name))
+
+
+def chain() -> list[Step]:
+    """base <- mid <- top, 1 MiB: base holds 1s at 0, mid 2s at 64k, top 3s at 128k."""
+    return [
+        run("qemu-img", "create", "-f", "qcow2", img("base.qcow2"), "1M"),
+        run("qemu-io", "-c", "write -P 1 0 64k", img("base.qcow2")),
+        overlay("mid.qcow2", "base.qcow2"),
+        run("qemu-io", "-c", "write -P 2 64k 64k", img("mid.qcow2")),
+        overlay("top.qcow2", "mid.qcow2"),
+        run("qemu-io", "-c", "write -P 3 128k 64k", img("top.qcow2")),
+    ]
+
+
+def qcow2(name: str, image: str, **extra: JSON) -> dict[str, JSON]:
+    return {"driver": "qcow2", "node-name": name, "file": file(image), **extra}
+
+
+def file(image: str) -> dict[str, JSON]:
+    return {"driver": "file", "filename": img(image)}
+
+
+def qn(rid: str) -> Step:
+    return ask("query-named-block-nodes", None, rid)
+
+
+def start() -> list[Step]:
+    return [connect(0), negotiate(0), *chain()]
+
+
+CHAIN: tuple[Scenario, ...] = (
+    jobs(
+        "chain_qcow2_implicit_backing",
+        "A qcow2 node opens the backing chain its header names as implicit nodes; "
+        "query-named-block-nodes; the backing layers are busy and not the monitor's.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            qn("qn"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            qn("qn-empty"),
+        ],
+    ),
+    jobs(
+        "chain_qcow2_backing_refs",
+        "backing as a node name, as null and as nested options; blockdev-del of a "
+        "backing node; errors opening qcow2 nodes and their backing files.",
+        [
+            *start(),
+            run(
+                "qemu-img",
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                "gone.qcow2",
+                "-F",
+                "qcow2",
+                "-u",
+                img("orphan.qcow2"),
+                "1M",
+            ),
+            run("qemu-img", "create", "-f", "raw", img("raw.img"), "1M"),
+            ask("blockdev-add", qcow2("base", "base.qcow2"), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing=None), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            qn("qn"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid-2"),
+            ask("blockdev-del", {"node-name": "base"}, "del-base"),
+            ask("blockdev-add", qcow2("o1", "orphan.qcow2"), "orphan"),
+            ask("blockdev-add", qcow2("o2", "orphan.qcow2", backing=None), "orphan-null"),
+            ask("blockdev-add", qcow2("r1", "raw.img"), "not-qcow2"),
+            ask("blockdev-add", qcow2("r2", "top.qcow2", backing="nope"), "no-backing-node"),
+            ask(
+                "blockdev-add",
+                {"driver": "null-co", "node-name": "n", "size": MiB},
+                "add-null",
+            ),
+            ask("blockdev-add", {"driver": "qcow2", "node-name": "r3", "file": "n"}, "on-null"),
+            ask(
+                "blockdev-add",
+                qcow2("b2", "base.qcow2", backing={"driver": "null-co", "size": MiB}),
+                "nested-null",
+            ),
+            ask(
+                "blockdev-add",
+                qcow2(
+                    "t2",
+                    "top.qcow2",
+                    backing={"driver": "qcow2", "file": file("mid.qcow2"), "backing": None},
+                ),
+                "nested-qcow2",
+            ),
+            qn("qn-2"),
+            ask("blockdev-del", {"node-name": "n"}, "del-n"),
+            ask("blockdev-del", {"node-name": "t2"}, "del-t2"),
+            ask("blockdev-add", qcow2("t", "top.qcow2", backing=7), "bad-type"),
+        ],
+    ),
+    jobs(
+        "chain_qcow2_backup_to_raw",
+        "A backup of a qcow2 chain's top into a raw file and into a qcow2 image.",
+        [
+            *start(),
+            run("qemu-img", "create", "-f", "raw", img("out.img"), "1M"),
+            run("qemu-img", "create", "-f", "qcow2", img("out.qcow2"), "1M"),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask(
+                "blockdev-add",
+                {"driver": "raw", "node-name": "out", "file": file("out.img")},
+                "add-out",
+            ),
+            ask("blockdev-add", qcow2("outq", "out.qcow2"), "add-outq"),
+            ask(
+                "blockdev-backup",
+                {"job-id": "j1", "device": "top", "target": "out", "sync": "full"},
+                "backup",
+                J("null"),
+            ),
+            ask(
+                "blockdev-backup",
+                {"job-id": "j2", "device": "top", "target": "outq", "sync": "full"},
+                "backup-q",
+                J("null", "j2"),
+            ),
+            q("q"),
+        ],
+    ),
+)
