@@ -189,6 +189,8 @@ class BlockNode:
 
     def __init__(self, opening: Opening) -> None:
         self._ctx = opening.io
+        #: runs the node's blocking calls in the graph's thread pool
+        self.io: IOContext = opening.io
         self.node_name = opening.node_name
         self.options = opening.options
         self.read_only: bool = bool(self.options.get("read-only", False))
@@ -332,6 +334,11 @@ class BlockNode:
 
     def file_path(self) -> Path | None:
         """The file behind this node when its bytes are that file's bytes at offset 0."""
+        return None
+
+    def refresh_length(self) -> None:
+        """Read the length again after the node's bytes were rewritten from
+        outside its I/O methods (an image created on it)."""
         return None
 
     def host_fd(self) -> int | None:

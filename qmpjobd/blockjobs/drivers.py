@@ -10,12 +10,14 @@ Must not import: sockets, JSON.
 from __future__ import annotations
 
 import errno as errno_mod
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import KW_ONLY, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..block import BlockGraph, BlockNode
+from ..block.drivers.qcow2 import Qcow2CreateOptions, create_on
 from ..clock import Clock
 from ..errors import QMPError
 from ..jobs import Job, JobDriver, JobFailure, JobType
@@ -191,5 +193,37 @@ class CreateDriver(JobDriver):
             await self.graph.create_file(self.filename, self.size, self.preallocation)
         except QMPError as exc:
             raise JobFailure(exc.desc) from exc
+        finally:
+            job.progress_update(1)
+
+
+class Qcow2CreateDriver(JobDriver):
+    """``create``: blockdev-create of a qcow2 image on a node. Progress goes 0/1 -> 1/1."""
+
+    job_type = JobType.CREATE
+
+    def __init__(
+        self, graph: BlockGraph, file: str | dict[str, Any], options: Qcow2CreateOptions
+    ) -> None:
+        self.graph = graph
+        self.file = file
+        self.options = options
+
+    async def run(self, job: Job) -> None:
+        job.progress_set_remaining(1)
+        try:
+            if isinstance(self.file, str):
+                await create_on(self.graph.lookup(self.file), self.options)
+            else:
+                ref = self.graph.open_implicit(self.file)
+                try:
+                    await create_on(ref.node, self.options)
+                finally:
+                    ref.release()
+        except QMPError as exc:
+            raise JobFailure(exc.desc) from exc
+        except OSError as exc:
+            reason = os.strerror(exc.errno or 0)
+            raise JobFailure(f"Could not write qcow2 header: {reason}") from exc
         finally:
             job.progress_update(1)

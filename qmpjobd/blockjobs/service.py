@@ -28,7 +28,14 @@ from ..block import BlockGraph, BlockNode, NodeReference
 from ..block.create import PREALLOCATION_MODES
 from ..errors import QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
-from .drivers import BackupDriver, BackupSync, BlockJobDriver, CreateDriver, MirrorDriver
+from .drivers import (
+    BackupDriver,
+    BackupSync,
+    BlockJobDriver,
+    CreateDriver,
+    MirrorDriver,
+    Qcow2CreateDriver,
+)
 from .specs import (
     AbortAction,
     BackupSpec,
@@ -402,6 +409,12 @@ class BlockJobService:
         :raise QMPError: "Driver does not support blockdev-create", a bad
             preallocation, or a job id error.
         """
+        if spec.driver == "qcow2":
+            assert spec.file is not None and spec.qcow2 is not None
+            qcow2 = Qcow2CreateDriver(self.graph, spec.file, spec.qcow2)
+            job = self.jobs.create(spec.job_id, qcow2, auto_finalize=True, auto_dismiss=False)
+            self.jobs.start(job)
+            return
         if spec.driver != "file":
             raise QMPError("Driver does not support blockdev-create")
         preallocation = spec.preallocation

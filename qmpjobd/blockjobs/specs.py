@@ -10,8 +10,9 @@ Must not import: sockets, JSON, wire, protocol, schema, commands.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from ..block.drivers.qcow2 import Qcow2CreateOptions
 from .policy import OnError
 
 SyncMode = Literal["full", "top", "none", "incremental", "bitmap"]
@@ -94,3 +95,7 @@ class CreateSpec:
     filename: str
     size: int
     preallocation: str = "off"
+    #: qcow2: the node to format (a node name, or options of a node opened
+    #: for the job) and the image options
+    file: str | dict[str, Any] | None = None
+    qcow2: Qcow2CreateOptions | None = None

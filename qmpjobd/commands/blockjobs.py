@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..block.drivers.qcow2 import Qcow2CreateOptions
 from ..blockjobs import BlockJobService
 from ..blockjobs.specs import (
     AbortAction,
@@ -88,6 +89,24 @@ def transaction_spec(args: dict[str, Any]) -> TransactionSpec:
 
 def create_spec(args: dict[str, Any]) -> CreateSpec:
     options = args["options"]
+    if options["driver"] == "qcow2":
+        return CreateSpec(
+            job_id=args["job-id"],
+            driver="qcow2",
+            filename="",
+            size=options["size"],
+            file=options["file"],
+            qcow2=Qcow2CreateOptions(
+                size=options["size"],
+                version=3 if options.get("version", "v3") == "v3" else 2,
+                cluster_size=options.get("cluster-size", 65536),
+                backing_file=options.get("backing-file"),
+                backing_fmt=options.get("backing-fmt"),
+                lazy_refcounts=options.get("lazy-refcounts", False),
+                refcount_bits=options.get("refcount-bits", 16),
+                preallocation=options.get("preallocation", "off"),
+            ),
+        )
     return CreateSpec(
         job_id=args["job-id"],
         driver=options["driver"],

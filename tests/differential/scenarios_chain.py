@@ -58,6 +58,29 @@ def start() -> list[Step]:
     return [connect(0), negotiate(0), *chain()]
 
 
+def create(job: str, file: JSON, size: int = MiB, **extra: JSON) -> Step:
+    """blockdev-create of a qcow2 image; waits for the job to conclude."""
+    options = {"driver": "qcow2", "file": file, "size": size, **extra}
+    return ask("blockdev-create", {"job-id": job, "options": options}, job, J("concluded", job))
+
+
+def dismiss(job: str) -> Step:
+    return ask("job-dismiss", {"id": job}, f"dismiss-{job}", J("null", job))
+
+
+CREATE_ERRORS: tuple[tuple[str, dict[str, JSON]], ...] = (
+    ("e-size", {"size": 1000, "cluster-size": 1000}),
+    ("e-cluster", {"cluster-size": 1000, "backing-fmt": "qcow2"}),
+    ("e-cluster-big", {"cluster-size": 4 * MiB}),
+    ("e-prealloc", {"backing-file": "base.qcow2", "preallocation": "metadata"}),
+    ("e-fmt", {"backing-fmt": "qcow2", "version": "v2", "lazy-refcounts": True}),
+    ("e-lazy", {"version": "v2", "lazy-refcounts": True, "refcount-bits": 3}),
+    ("e-bits", {"version": "v2", "refcount-bits": 3}),
+    ("e-bits-v2", {"version": "v2", "refcount-bits": 8}),
+    ("e-bits-big", {"refcount-bits": 128}),
+)
+
+
 CHAIN: tuple[Scenario, ...] = (
     jobs(
         "chain_qcow2_implicit_backing",
@@ -156,6 +179,71 @@ CHAIN: tuple[Scenario, ...] = (
                 J("null", "j2"),
             ),
             q("q"),
+        ],
+    ),
+    jobs(
+        "chain_create_qcow2",
+        "blockdev-create of qcow2 images on file nodes (a chain: base, then an "
+        "overlay naming it); each refused option; the new images opened and queried.",
+        [
+            connect(0),
+            negotiate(0),
+            run("touch", img("base.qcow2"), img("top.qcow2"), img("ro.qcow2"), img("x.qcow2")),
+            ask("blockdev-add", {"node-name": "fb", **file("base.qcow2")}, "add-fb"),
+            ask("blockdev-add", {"node-name": "ft", **file("top.qcow2")}, "add-ft"),
+            ask("blockdev-add", {"node-name": "fx", **file("x.qcow2")}, "add-fx"),
+            ask(
+                "blockdev-add",
+                {"node-name": "fro", "read-only": True, **file("ro.qcow2")},
+                "add-fro",
+            ),
+            create("c1", "fb", 2 * MiB, **{"cluster-size": 4096, "refcount-bits": 64}),
+            q("q-c1"),
+            dismiss("c1"),
+            create(
+                "c2",
+                "ft",
+                2 * MiB,
+                **{"backing-file": "base.qcow2", "backing-fmt": "qcow2", "lazy-refcounts": True},
+            ),
+            dismiss("c2"),
+            create("c3", {"driver": "file", "filename": img("v2.qcow2")}, version="v2"),
+            q("q-c3"),
+            dismiss("c3"),
+            run("touch", img("v2.qcow2")),
+            create("c4", {"driver": "file", "filename": img("v2.qcow2")}, version="v2"),
+            dismiss("c4"),
+            create("c5", "fx", preallocation="metadata"),
+            dismiss("c5"),
+            *[
+                step
+                for name, extra in CREATE_ERRORS
+                for step in (create(name, "fx", **extra), q(f"q-{name}"), dismiss(name))
+            ],
+            create("e-node", "nope"),
+            q("q-e-node"),
+            dismiss("e-node"),
+            create("e-ro", "fro"),
+            q("q-e-ro"),
+            dismiss("e-ro"),
+            ask(
+                "blockdev-create",
+                {"job-id": "e-arg", "options": {"driver": "qcow2", "file": "fx"}},
+                "e-arg",
+            ),
+            ask(
+                "blockdev-create",
+                {
+                    "job-id": "e-ver",
+                    "options": {"driver": "qcow2", "file": "fx", "size": 0, "version": "v4"},
+                },
+                "e-ver",
+            ),
+            ask("blockdev-del", {"node-name": "fb"}, "del-fb"),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask("blockdev-add", qcow2("v2", "v2.qcow2"), "add-v2"),
+            ask("blockdev-add", {"driver": "qcow2", "node-name": "x", "file": "fx"}, "add-x"),
+            qn("qn"),
         ],
     ),
 )

@@ -75,6 +75,10 @@ class FileNode(BlockNode):
     def file_path(self) -> Path | None:
         return Path(self.path)
 
+    def refresh_length(self) -> None:
+        if not self.closed:
+            self._size = os.fstat(self._fd).st_size
+
     def host_fd(self) -> int | None:
         return None if self.closed else self._fd
 

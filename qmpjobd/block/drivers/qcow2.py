@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from ...errors import QMPError
 from .. import info
 from ..node import BlockNode, JobBlocker, Opening
-from ..qcow2 import MAGIC, Allocation, FdHostFile, Qcow2Image
+from ..qcow2 import MAGIC, Allocation, FdHostFile, Qcow2Header, Qcow2Image, create
 
 #: Operations a backing node stays open for (QEMU's ``bdrv_backing_attach``).
 BACKING_ALLOWS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
@@ -245,3 +246,96 @@ class Qcow2Node(BlockNode):
         """BlockDeviceInfo's ``backing_file``: the backing node's filename."""
         backing = self.backing
         return None if backing is None else backing.filename
+
+
+# -- blockdev-create ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Qcow2CreateOptions:
+    """``blockdev-create``'s BlockdevCreateOptionsQcow2, less ``file``."""
+
+    size: int
+    version: int = 3
+    cluster_size: int = 65536
+    backing_file: str | None = None
+    backing_fmt: str | None = None
+    lazy_refcounts: bool = False
+    refcount_bits: int = 16
+    preallocation: str = "off"
+
+
+def check_create(opts: Qcow2CreateOptions) -> None:
+    """QEMU 7.2's checks of the qcow2 creation options, in its order.
+
+    :raise QMPError: QEMU's texts.
+    """
+    if opts.size % 512:
+        raise QMPError("Image size must be a multiple of 512 bytes")
+    cs = opts.cluster_size
+    if cs < 512 or cs > 2 << 20 or cs & (cs - 1):
+        raise QMPError("Cluster size must be a power of two between 512 and 2048k")
+    if opts.backing_file is not None and opts.preallocation != "off":
+        raise QMPError(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on"
+        )
+    if opts.backing_fmt is not None and opts.backing_file is None:
+        raise QMPError("Backing format cannot be used without backing file")
+    if opts.version < 3 and opts.lazy_refcounts:
+        raise QMPError(
+            "Lazy refcounts only supported with compatibility level 1.1 and above "
+            "(use version=v3 or greater)"
+        )
+    bits = opts.refcount_bits
+    if bits < 1 or bits > 64 or bits & (bits - 1):
+        raise QMPError("Refcount width must be a power of two and may not exceed 64 bits")
+    if opts.version < 3 and bits != 16:
+        raise QMPError(
+            "Different refcount widths than 16 bits require compatibility level 1.1 or "
+            "above (use version=v3 or greater)"
+        )
+
+
+def _create_sync(fd: int, opts: Qcow2CreateOptions) -> None:
+    host = FdHostFile(fd)
+    falloc = opts.preallocation in ("falloc", "full")
+    create(
+        host,
+        opts.size,
+        version=opts.version,
+        cluster_size=opts.cluster_size,
+        backing_file=opts.backing_file,
+        backing_format=opts.backing_fmt,
+        lazy_refcounts=opts.lazy_refcounts,
+        refcount_bits=opts.refcount_bits,
+        preallocation="metadata" if falloc else opts.preallocation,
+    )
+    # The file as QEMU leaves it: the header's cluster written whole, and
+    # without preallocation the file ends with the L1 table (written out,
+    # rounded up to a sector), so file size and allocation match QEMU's.
+    header = Qcow2Header.parse(host.pread(0, opts.cluster_size))
+    host.pwrite(0, host.pread(0, opts.cluster_size))
+    if opts.preallocation == "off" and header.l1_size:
+        l1_bytes = -(-header.l1_size * 8 // 512) * 512
+        host.truncate(header.l1_table_offset + l1_bytes)
+        host.pwrite(header.l1_table_offset, bytes(l1_bytes))
+    if falloc:
+        # Metadata preallocation, then the data clusters allocated on the host.
+        os.posix_fallocate(fd, 0, host.size())
+    host.sync()
+
+
+async def create_on(node: BlockNode, opts: Qcow2CreateOptions) -> None:
+    """Format ``node`` (a protocol node, e.g. ``file``) as a qcow2 image.
+
+    :raise QMPError: a refused option or node, with QEMU's texts.
+    :raise OSError: the host file could not be written.
+    """
+    check_create(opts)
+    if node.read_only:
+        raise QMPError("Block node is read-only")
+    fd = node.host_fd()
+    if fd is None:
+        raise QMPError("Image is not in qcow2 format")
+    await node.io.run(_create_sync, fd, opts)
+    node.refresh_length()
