@@ -246,6 +246,23 @@ class BlockGraph:
                         child.refcnt -= 1
             raise
 
+    def set_child(self, parent: BlockNode, role: str, child: BlockNode | None) -> None:
+        """Make ``child`` (or nothing) ``parent``'s child ``role`` (a job
+        relinking a backing chain). The old child loses a reference and goes
+        away if nothing else holds it, with its own children."""
+        old = parent.children.get(role)
+        if old is child:
+            return
+        if child is not None:
+            child.refcnt += 1
+            child.parent_count += 1
+            parent.children[role] = child
+        else:
+            del parent.children[role]
+        if old is not None:
+            old.parent_count -= 1
+            self._unref(old)
+
     def has_parents(self, node: BlockNode) -> bool:
         """Whether another node uses ``node`` as a child."""
         return node.parent_count > 0

@@ -332,6 +332,19 @@ class BlockNode:
         self._check_request(offset, length)
         return await self._block_status(offset, length)
 
+    async def allocated(self, offset: int, length: int) -> tuple[bool, int]:
+        """``(allocated, run)``: whether the first ``run`` bytes at ``offset``
+        are this layer's own (QEMU's ``bdrv_is_allocated``); a node without
+        a backing node owns all its bytes.
+
+        :raise OSError: the query failed.
+        """
+        return True, length
+
+    def backing_node(self) -> BlockNode | None:
+        """The node this one's unallocated bytes come from (a COW backing node)."""
+        return None
+
     def file_path(self) -> Path | None:
         """The file behind this node when its bytes are that file's bytes at offset 0."""
         return None
@@ -346,7 +359,8 @@ class BlockNode:
 
         For a format layer that does blocking I/O in the thread pool
         (:class:`qmpjobd.block.qcow2.FdHostFile` over this descriptor): it
-        may grow the file (the node's ``size`` stays the length read at open).
+        may grow the file, and then calls :meth:`refresh_length` (QEMU's
+        node grows with the writes that pass its end).
         The node keeps owning the descriptor and closes it.
         """
         return None

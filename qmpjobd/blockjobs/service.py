@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from ..block import BlockGraph, BlockNode, NodeReference
 from ..block.create import PREALLOCATION_MODES
+from ..block.drivers.qcow2 import Qcow2Node
 from ..errors import QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
 from .drivers import (
@@ -42,8 +43,10 @@ from .specs import (
     CreateSpec,
     JobSettings,
     MirrorSpec,
+    StreamSpec,
     TransactionSpec,
 )
+from .stream import StreamDriver
 
 _INT_MAX = (1 << 31) - 1
 #: Image formats qmpjobd can create and open as a job's target.
@@ -400,6 +403,108 @@ class BlockJobService:
         self._mark(self._filtered, source, driver)
         self.jobs.start(job)
         return job
+
+    # ------------------------------------------------------------- stream
+
+    def _chain_contains(self, top: BlockNode, node: BlockNode) -> bool:
+        """QEMU's ``bdrv_chain_contains``: ``node`` is ``top`` or below it."""
+        cur: BlockNode | None = top
+        while cur is not None and cur is not node:
+            cur = cur.backing_node()
+        return cur is not None
+
+    @staticmethod
+    def _find_backing_image(top: BlockNode, name: str) -> BlockNode | None:
+        """QEMU's ``bdrv_find_backing_image``: the layer below ``top`` whose
+        backing file name (as the header has it, or made absolute) or
+        filename is ``name``."""
+        cur = top
+        while True:
+            below = cur.backing_node()
+            if below is None:
+                return None
+            header = cur.image_info_members()
+            names = {header.get("backing-filename"), header.get("full-backing-filename")}
+            if name in names or name == below.filename:
+                return below
+            cur = below
+
+    def stream(self, spec: StreamSpec) -> None:
+        """``block-stream``.
+
+        :raise QMPError: QEMU's texts, in QEMU's order.
+        """
+        if spec.base is not None and spec.base_node is not None:
+            raise QMPError("'base' and 'base-node' cannot be specified at the same time")
+        if spec.base is not None and spec.bottom is not None:
+            raise QMPError("'base' and 'bottom' cannot be specified at the same time")
+        if spec.bottom is not None and spec.base_node is not None:
+            raise QMPError("'bottom' and 'base-node' cannot be specified at the same time")
+        top = self.graph.lookup(spec.device)
+        base: BlockNode | None = None
+        base_name: str | None = None
+        bottom: BlockNode | None = None
+        if spec.base is not None:
+            base = self._find_backing_image(top, spec.base)
+            if base is None:
+                raise QMPError(f"Can't find '{spec.base}' in the backing chain")
+            base_name = base.filename
+        if spec.base_node is not None:
+            base = self._node_only(spec.base_node)
+            if base is top or not self._chain_contains(top, base):
+                raise QMPError(f"Node '{spec.base_node}' is not a backing image of '{spec.device}'")
+            base_name = base.filename
+        if spec.bottom is not None:
+            bottom = self._node_only(spec.bottom)
+            if not self._chain_contains(top, bottom):
+                raise QMPError(
+                    f"Node '{spec.bottom}' is not in a chain starting from '{spec.device}'"
+                )
+        end = bottom.backing_node() if bottom is not None else base
+        cur: BlockNode | None = top
+        while cur is not None and cur is not end:
+            _busy(cur, "stream")
+            cur = cur.backing_node()
+        if base is None and spec.backing_file is not None:
+            raise QMPError("backing file specified, but streaming the entire chain")
+        if spec.backing_file is not None:
+            base_name = spec.backing_file
+        if bottom is not None:
+            base = bottom.backing_node()
+            base_name = None if base is None else base.filename
+        layers: list[BlockNode] = []
+        cur = top.backing_node()
+        while cur is not None and cur is not base:
+            layers.append(cur)
+            cur = cur.backing_node()
+        if layers and (not isinstance(top, Qcow2Node) or top.read_only):
+            raise QMPError("Block node is read-only")
+        settings = spec.job
+        assert isinstance(top, Qcow2Node) or not layers
+        driver = StreamDriver(
+            self.graph,
+            top,  # type: ignore[arg-type]
+            layers,
+            base,
+            base_name,
+            clock=self.jobs.clock,
+            executor=self.graph.executor,
+            on_error=spec.on_error,
+        )
+        job = self._create(settings, driver, None)
+        driver.hold(self.graph.reference(top).release)
+        driver.hold(top.block_job("stream").release)
+        for layer in layers:
+            driver.hold(self.graph.reference(layer).release)
+            driver.hold(layer.block_job("stream").release)
+        self._mark(self._filtered, top, driver)
+        self.jobs.start(job)
+
+    def _node_only(self, name: str) -> BlockNode:
+        node = self.graph.get(name)
+        if node is None:
+            raise QMPError(f"Cannot find device='' nor node-name='{name}'")
+        return node
 
     # ------------------------------------------------------------- create
 

@@ -99,3 +99,17 @@ class CreateSpec:
     #: for the job) and the image options
     file: str | dict[str, Any] | None = None
     qcow2: Qcow2CreateOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """``block-stream``: stream into ``device`` from the layers above
+    ``base`` (a backing file name), ``base_node`` or down to ``bottom``."""
+
+    device: str
+    job: JobSettings
+    base: str | None = None
+    base_node: str | None = None
+    bottom: str | None = None
+    backing_file: str | None = None
+    on_error: OnError = "report"

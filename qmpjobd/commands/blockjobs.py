@@ -21,6 +21,7 @@ from ..blockjobs.specs import (
     JobSettings,
     MirrorSpec,
     NewImage,
+    StreamSpec,
     TransactionSpec,
 )
 from . import Handler, SessionControl
@@ -116,6 +117,18 @@ def create_spec(args: dict[str, Any]) -> CreateSpec:
     )
 
 
+def stream_spec(args: dict[str, Any]) -> StreamSpec:
+    return StreamSpec(
+        device=args["device"],
+        job=_settings(args),
+        base=args.get("base"),
+        base_node=args.get("base-node"),
+        bottom=args.get("bottom"),
+        backing_file=args.get("backing-file"),
+        on_error=args.get("on-error", "report"),
+    )
+
+
 def blockjob_commands(service: BlockJobService) -> list[tuple[str, Handler]]:
     async def blockdev_backup(session: SessionControl, args: dict[str, Any]) -> Any:
         await service.backup(backup_spec(args, drive=False))
@@ -137,12 +150,17 @@ def blockjob_commands(service: BlockJobService) -> list[tuple[str, Handler]]:
         await service.drive_mirror(mirror_spec(args, drive=True))
         return {}
 
+    def block_stream(session: SessionControl, args: dict[str, Any]) -> Any:
+        service.stream(stream_spec(args))
+        return {}
+
     def blockdev_create(session: SessionControl, args: dict[str, Any]) -> Any:
         service.create(create_spec(args))
         return {}
 
     return [
         ("blockdev-create", blockdev_create),
+        ("block-stream", block_stream),
         ("transaction", transaction),
         ("drive-mirror", drive_mirror),
         ("blockdev-mirror", blockdev_mirror),

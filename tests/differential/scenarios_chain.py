@@ -11,7 +11,7 @@ does not.
 from __future__ import annotations
 
 from .model import JSON, Scenario, Step
-from .scenarios_jobs import ask, q
+from .scenarios_jobs import E, ask, q
 from .steps import J, MiB, connect, jobs, negotiate
 
 KiB = 1024
@@ -245,5 +245,140 @@ CHAIN: tuple[Scenario, ...] = (
             ask("blockdev-add", {"driver": "qcow2", "node-name": "x", "file": "fx"}, "add-x"),
             qn("qn"),
         ],
+    ),
+    jobs(
+        "chain_stream_implicit",
+        "block-stream of a chain opened from the headers: with base (a backing file "
+        "name), the layer between leaves the graph; then the whole chain.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask(
+                "block-stream",
+                {"job-id": "s1", "device": "top", "base": "base.qcow2"},
+                "stream-base",
+                J("null", "s1"),
+            ),
+            qn("qn-1"),
+            ask("block-stream", {"job-id": "s2", "device": "top"}, "stream-all", J("null", "s2")),
+            qn("qn-2"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-again"),
+            qn("qn-3"),
+        ],
+        progress=True,
+    ),
+    jobs(
+        "chain_stream_nodes",
+        "block-stream on a chain of named nodes: argument checks in QEMU's order, "
+        "base-node with backing-file, bottom, nothing to stream, manual finalize.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("base", "base.qcow2"), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing="base"), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask("blockdev-add", {"driver": "null-co", "node-name": "n"}, "add-n"),
+            *[
+                ask("block-stream", {"job-id": "e", **args}, f"e{i}")
+                for i, args in enumerate(
+                    [
+                        {"device": "top", "base": "x", "base-node": "y"},
+                        {"device": "top", "base": "x", "bottom": "y"},
+                        {"device": "top", "bottom": "x", "base-node": "y"},
+                        {"device": "nope", "base": "x"},
+                        {"device": "top", "base": "x"},
+                        {"device": "top", "base-node": "nope"},
+                        {"device": "top", "base-node": "n"},
+                        {"device": "top", "base-node": "top"},
+                        {"device": "top", "bottom": "nope"},
+                        {"device": "top", "bottom": "n"},
+                        {"device": "top", "backing-file": "foo"},
+                        {"device": "top", "bottom": "mid", "backing-file": "foo"},
+                        {"device": "top", "base-node": "base", "job-id": "1x"},
+                        {"device": "top", "base-node": "base", "on-error": "bad"},
+                    ]
+                )
+            ],
+            ask("block-stream", {"device": "top", "base-node": "base"}, "no-id"),
+            ask(
+                "block-stream",
+                {"device": "top", "base-node": "base", "job-id": "s0", "speed": -1},
+                "speed-neg",
+                J("null", "s0"),
+            ),
+            ask(
+                "block-stream",
+                {"device": "mid", "base-node": "base", "job-id": "s1"},
+                "nothing",
+                J("null", "s1"),
+            ),
+            ask(
+                "block-stream",
+                {
+                    "device": "top",
+                    "base-node": "base",
+                    "job-id": "s2",
+                    "backing-file": "base.qcow2",
+                    "auto-finalize": False,
+                    "auto-dismiss": False,
+                },
+                "stream",
+                E("BLOCK_JOB_PENDING", "s2"),
+            ),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid-busy"),
+            q("q-pending"),
+            ask("job-finalize", {"id": "s2"}, "finalize", J("concluded", "s2")),
+            ask("job-dismiss", {"id": "s2"}, "dismiss", J("null", "s2")),
+            qn("qn"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask(
+                "block-stream",
+                {"device": "top", "bottom": "top", "job-id": "s3"},
+                "bottom-self",
+                J("null", "s3"),
+            ),
+            ask("block-stream", {"device": "top", "job-id": "s4"}, "all", J("null", "s4")),
+            qn("qn-2"),
+        ],
+        progress=True,
+    ),
+    jobs(
+        "chain_stream_verbs",
+        "A rate-limited block-stream: query, pause, resume, set-speed, complete "
+        "refused, cancel; then the whole chain streamed.",
+        [
+            connect(0),
+            negotiate(0),
+            run("qemu-img", "create", "-f", "qcow2", img("base.qcow2"), "8M"),
+            overlay("mid.qcow2", "base.qcow2"),
+            run("qemu-io", "-c", "write -P 2 0 4M", img("mid.qcow2")),
+            overlay("top.qcow2", "mid.qcow2"),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask(
+                "block-stream",
+                {"job-id": "s1", "device": "top", "speed": 1, "auto-dismiss": False},
+                "stream",
+                J("running", "s1"),
+            ),
+            ask("query-block-jobs", None, "qb"),
+            ask("job-pause", {"id": "s1"}, "pause", J("paused", "s1")),
+            ask("block-job-resume", {"device": "s1"}, "resume", J("running", "s1")),
+            ask("block-job-set-speed", {"device": "s1", "speed": 2}, "speed"),
+            ask("job-complete", {"id": "s1"}, "complete"),
+            ask("block-job-complete", {"device": "s1"}, "bcomplete"),
+            ask(
+                "block-job-cancel",
+                {"device": "s1"},
+                "cancel",
+                J("aborting", "s1"),
+                E("BLOCK_JOB_CANCELLED", "s1"),
+                J("concluded", "s1"),
+            ),
+            q("q"),
+            ask("job-dismiss", {"id": "s1"}, "dismiss", J("null", "s1")),
+            ask("block-stream", {"job-id": "s2", "device": "top"}, "again", J("null", "s2")),
+            qn("qn"),
+        ],
+        progress=True,
     ),
 )

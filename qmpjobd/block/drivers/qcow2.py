@@ -59,16 +59,41 @@ class Qcow2Node(BlockNode):
     def __init__(self, opening: Opening, image: Qcow2Image, implicit_backing: bool) -> None:
         super().__init__(opening)
         self.image = image
+        backing = self.backing
         #: QEMU's auto_backing_file: the backing node's filename when it was
         #: opened from the header, else the header's name
-        self._implicit_backing = implicit_backing
+        self._auto_backing = (
+            backing.filename
+            if implicit_backing and backing is not None
+            else (image.backing_file or "")
+        )
         self._lock = asyncio.Lock()
         self._backing_blocker: JobBlocker | None = None
+        self._block_backing()
+
+    def _block_backing(self) -> None:
+        if self._backing_blocker is not None:
+            self._backing_blocker.release()
+            self._backing_blocker = None
         backing = self.backing
         if backing is not None:
             self._backing_blocker = backing.block_ops(
                 f"node is used as backing hd of '{self.node_name}'", BACKING_ALLOWS
             )
+
+    def backing_changed(self) -> None:
+        """The graph gave the node another backing node (or none)."""
+        self._block_backing()
+
+    def change_backing_file(self, backing_file: str | None, backing_format: str | None) -> None:
+        """Rewrite the header's backing file name and format (blocking, as
+        QEMU's ``bdrv_change_backing_file``).
+
+        :raise OSError: the header could not be written.
+        """
+        self.image.set_backing(backing_file, backing_format if backing_file else None)
+        self.file.refresh_length()
+        self._auto_backing = backing_file or ""
 
     @classmethod
     def open(cls, opening: Opening) -> BlockNode:
@@ -111,6 +136,9 @@ class Qcow2Node(BlockNode):
     @property
     def backing(self) -> BlockNode | None:
         return self.children.get("backing")
+
+    def backing_node(self) -> BlockNode | None:
+        return self.backing
 
     # -- I/O --------------------------------------------------------------
 
@@ -165,12 +193,14 @@ class Qcow2Node(BlockNode):
             ranges = await self._ctx.run(self.image.cow_ranges, offset, len(data))
             reader = await self._cow_reader(ranges)
             await self._ctx.run(self.image.write, offset, data, reader)
+        self.file.refresh_length()
 
     async def _write_zeroes(self, offset: int, length: int) -> None:
         async with self._lock:
             ranges = await self._ctx.run(self.image.cow_ranges, offset, length)
             reader = await self._cow_reader(ranges)
             await self._ctx.run(self.image.write_zeroes, offset, length, reader)
+        self.file.refresh_length()
 
     async def _flush(self) -> None:
         await self._ctx.run(self.image.flush)
@@ -205,11 +235,9 @@ class Qcow2Node(BlockNode):
         """QEMU's ``bdrv_backing_overridden``: the backing node is not the one
         the header names."""
         backing = self.backing
-        header = self.image.backing_file or ""
         if backing is None:
-            return header != ""
-        auto = backing.filename if self._implicit_backing else header
-        return auto != backing.filename
+            return self._auto_backing != ""
+        return self._auto_backing != backing.filename
 
     def exact_filename(self) -> str | None:
         if self.backing_overridden():

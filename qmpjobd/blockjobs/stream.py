@@ -1,0 +1,138 @@
+"""``stream``: copy what the layers between a base and the top hold into the
+top, then make the base the top's backing node (QEMU's ``block-stream``).
+
+The run walks the top in chunks of :data:`STREAM_CHUNK`: a range allocated
+in the top is left alone; one allocated in an intermediate layer is read
+through the chain and written into the top (zeros as write-zeroes, as
+QEMU's copy-on-read does); the rest (only in the base, or nowhere) stays
+where it is. Every chunk counts toward progress; only copied bytes count
+toward the rate limit. In ``prepare`` the top's header names the new
+backing file and the graph drops the streamed layers (they go away once
+the job's references to them are released, unless the monitor owns them).
+
+Must not import: sockets, JSON.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from ..block import BlockGraph, BlockNode
+from ..block.drivers.qcow2 import Qcow2Node
+from ..clock import Clock
+from ..jobs import Job, JobFailure, JobType
+from .copy import Cancelled, Copier
+from .drivers import BlockJobDriver
+from .policy import OnError
+
+#: QEMU's STREAM_CHUNK: the largest range one step looks at.
+STREAM_CHUNK = 512 * 1024
+
+
+async def allocated_above(layers: list[BlockNode], offset: int, length: int) -> tuple[bool, int]:
+    """QEMU's ``bdrv_is_allocated_above`` over ``layers`` (top first): whether
+    the first ``run`` bytes at ``offset`` are allocated in any of them."""
+    n = length
+    for layer in layers:
+        if offset >= layer.size:
+            continue
+        allocated, run = await layer.allocated(offset, min(n, layer.size - offset))
+        if allocated:
+            return True, run
+        n = min(n, run)
+    return False, n
+
+
+class StreamDriver(BlockJobDriver):
+    """``stream`` into ``target`` (the top) from ``layers`` (its backing
+    chain down to the base's overlay) onto ``base`` (None: the whole chain)."""
+
+    job_type = JobType.STREAM
+
+    def __init__(
+        self,
+        graph: BlockGraph,
+        top: Qcow2Node,
+        layers: list[BlockNode],
+        base: BlockNode | None,
+        backing_file: str | None,
+        *,
+        clock: Clock,
+        executor: Executor,
+        on_error: OnError,
+    ) -> None:
+        super().__init__(
+            top,
+            top,
+            clock=clock,
+            executor=executor,
+            on_source_error=on_error,
+            on_target_error=on_error,
+        )
+        self.nodes = (top, *layers)
+        self.graph = graph
+        self.top = top
+        self.layers = layers
+        self.base = base
+        self.backing_file = backing_file
+
+    async def run(self, job: Job) -> None:
+        if not self.layers:
+            return  # nothing to stream
+        top = self.top
+        size = top.size
+        job.progress_set_remaining(size)
+        copier = self.copier(job)
+        offset = 0
+        try:
+            while offset < size:
+                await copier.throttle()
+                if job.is_cancelled:
+                    return
+                pos = offset
+                want = min(STREAM_CHUNK, size - pos)
+                own, n = await copier.with_policy(
+                    lambda: copier._guard("read", top.allocated(pos, want))  # noqa: B023
+                )
+                copy = False
+                if not own:
+                    span = n
+                    copy, n = await copier.with_policy(
+                        lambda: copier._guard("read", allocated_above(self.layers, pos, span))  # noqa: B023
+                    )
+                if copy:
+                    count = n
+                    await copier.with_policy(lambda: self._populate(copier, pos, count))  # noqa: B023
+                    self.limiter.account(n)
+                job.progress_update(n)
+                offset += n
+            await copier.flush()
+        except Cancelled:
+            return
+        finally:
+            copier.close()
+
+    async def _populate(self, copier: Copier, offset: int, length: int) -> None:
+        """Copy-on-read of one range: read through the chain, write into the top."""
+        data = await copier._guard("read", self.top.read(offset, length))
+        if data.count(0) == len(data):
+            await copier._guard("read", self.top.write_zeroes(offset, length))
+        else:
+            await copier._guard("read", self.top.write(offset, data))
+
+    def prepare(self, job: Job) -> None:
+        top = self.top
+        if top.backing_node() is None or (not self.layers and top.read_only):
+            # (QEMU reopens a read-only top read-write to rewrite its header
+            # even when there was nothing to stream; qmpjobd leaves it.)
+            return
+        base = self.base
+        self.graph.set_child(top, "backing", base)
+        top.backing_changed()
+        try:
+            top.change_backing_file(
+                self.backing_file if base is not None else None,
+                base.driver if base is not None else None,
+            )
+        except OSError as exc:
+            raise JobFailure(exc.strerror or "Input/output error") from exc

@@ -1,0 +1,189 @@
+"""Jobs on qcow2 backing chains through the daemon: block-stream, backups
+from and onto qcow2, blockdev-create of a chain, checked with QEMU's tools.
+
+Every image a job wrote passes ``qemu-img check``; its content is compared
+(``qemu-img compare``) with a flat copy of the chain taken before the job
+(``qemu-img convert``), or with a flat model of the writes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .support.blockjobs import J, JobClient, done
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(
+        shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
+        reason="needs qemu-img and qemu-io",
+    ),
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+SIZE = 4 * MiB
+
+
+def run(*args: str | Path) -> str:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}: {result.stderr}{result.stdout}"
+    return result.stdout
+
+
+def check_clean(path: Path) -> None:
+    report = json.loads(run("qemu-img", "check", "--output=json", path))
+    assert report.get("corruptions", 0) == 0 and report.get("leaks", 0) == 0, report
+
+
+def compare(a: Path, b: Path) -> None:
+    result = subprocess.run(["qemu-img", "compare", str(a), str(b)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def flat(image: Path, out: Path) -> Path:
+    """A raw copy of what ``image`` reads (its whole chain)."""
+    run("qemu-img", "convert", "-O", "raw", image, out)
+    return out
+
+
+def header_backing(image: Path) -> tuple[str | None, str | None]:
+    info = json.loads(run("qemu-img", "info", "--output=json", image))
+    return info.get("backing-filename"), info.get("backing-filename-format")
+
+
+def random_chain(tmp: Path, layers: int = 3, seed: int = 5) -> list[Path]:
+    """``layers`` qcow2 images by qemu-img, each over the previous, with random
+    writes (data, zeros, discards) in every layer; returns them base first."""
+    rng = random.Random(seed)
+    paths: list[Path] = []
+    for i in range(layers):
+        path = tmp / f"l{i}.qcow2"
+        if paths:
+            run(
+                "qemu-img", "create", "-f", "qcow2", "-b", paths[-1].name, "-F", "qcow2",
+                path, str(SIZE),
+            )  # fmt: skip
+        else:
+            run("qemu-img", "create", "-f", "qcow2", path, str(SIZE))
+        ops = []
+        for _ in range(12):
+            offset = rng.randrange(0, SIZE - 1, 512)
+            length = rng.randrange(512, min(SIZE - offset, 300 * KiB) + 1, 512)
+            kind = rng.random()
+            if kind < 0.2:
+                ops += ["-c", f"write -z {offset} {length}"]
+            else:
+                ops += ["-c", f"write -P {rng.randrange(1, 256)} {offset} {length}"]
+        run("qemu-io", *ops, path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+async def c(sock: Path) -> AsyncIterator[JobClient]:
+    client = await JobClient.connect(sock)
+    yield client
+    await client.close()
+
+
+async def add_qcow2(c: JobClient, name: str, path: Path, **extra: Any) -> None:
+    await c.ok(
+        "blockdev-add",
+        driver="qcow2",
+        file={"driver": "file", "filename": str(path)},
+        **{"node-name": name},
+        **extra,
+    )
+
+
+async def wait_done(c: JobClient, job: str) -> None:
+    await c.wait_for(*J("null", job))
+    events = c.take()
+    assert events[-5:] == [
+        J("waiting", job),
+        J("pending", job),
+        ("BLOCK_JOB_COMPLETED", done(job, SIZE, "stream")),
+        J("concluded", job),
+        J("null", job),
+    ], events
+
+
+async def test_stream_to_a_base(c: JobClient, tmp_path: Path) -> None:
+    base, mid, top = random_chain(tmp_path)
+    reference = flat(top, tmp_path / "before.raw")
+    base_only = flat(base, tmp_path / "base.raw")
+    await add_qcow2(c, "top", top)
+    await c.ok("block-stream", device="top", base=str(base), **{"job-id": "s"})
+    await wait_done(c, "s")
+    nodes = await c.ok("query-named-block-nodes")
+    assert [n["file"] for n in nodes if n["drv"] == "qcow2"] == [str(base), str(top)]
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert header_backing(top) == (str(base), "qcow2")
+    for image in (base, mid, top):
+        check_clean(image)
+    compare(top, reference)
+    compare(base, base_only)  # the base is not written
+
+
+async def test_stream_the_whole_chain(c: JobClient, tmp_path: Path) -> None:
+    top = random_chain(tmp_path, seed=9)[-1]
+    reference = flat(top, tmp_path / "before.raw")
+    await add_qcow2(c, "top", top)
+    await c.ok("block-stream", device="top", **{"job-id": "s"})
+    await wait_done(c, "s")
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert header_backing(top) == (None, None)
+    check_clean(top)
+    compare(top, reference)
+
+
+async def test_stream_chain_made_by_blockdev_create(c: JobClient, tmp_path: Path) -> None:
+    base, top = tmp_path / "b.qcow2", tmp_path / "t.qcow2"
+    for path in (base, top):
+        path.touch()
+        await c.ok("blockdev-add", driver="file", filename=str(path), **{"node-name": path.stem})
+    for job, node, extra in (
+        ("c1", "b", {}),
+        ("c2", "t", {"backing-file": "b.qcow2", "backing-fmt": "qcow2"}),
+    ):
+        await c.ok(
+            "blockdev-create",
+            **{"job-id": job},
+            options={"driver": "qcow2", "file": node, "size": SIZE, **extra},
+        )
+        await c.wait_for(*J("concluded", job))
+        assert (await c.ok("query-jobs"))[0].get("error") is None
+        await c.ok("job-dismiss", id=job)
+    run("qemu-io", "-c", "write -P 7 0 1M", "-c", "write -z 512k 64k", base)
+    run("qemu-io", "-c", "write -P 8 900k 200k", top)
+    reference = flat(top, tmp_path / "before.raw")
+    await add_qcow2(c, "top", top)
+    await c.ok("block-stream", device="top", **{"job-id": "s"})
+    await wait_done(c, "s")
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    check_clean(top)
+    compare(top, reference)
+
+
+async def test_backup_of_a_chain_onto_qcow2(c: JobClient, tmp_path: Path) -> None:
+    top = random_chain(tmp_path, seed=11)[-1]
+    reference = flat(top, tmp_path / "before.raw")
+    target = tmp_path / "target.qcow2"
+    run("qemu-img", "create", "-f", "qcow2", target, str(SIZE))
+    await add_qcow2(c, "top", top)
+    await add_qcow2(c, "tgt", target)
+    await c.ok("blockdev-backup", device="top", target="tgt", sync="full", **{"job-id": "b"})
+    await c.wait_for(*J("null", "b"))
+    assert ("BLOCK_JOB_COMPLETED", done("b", SIZE)) in c.take()
+    await c.ok("blockdev-del", **{"node-name": "tgt"})
+    check_clean(target)
+    compare(target, reference)
