@@ -187,3 +187,37 @@ async def test_backup_of_a_chain_onto_qcow2(c: JobClient, tmp_path: Path) -> Non
     await c.ok("blockdev-del", **{"node-name": "tgt"})
     check_clean(target)
     compare(target, reference)
+
+
+async def test_intermediate_commit(c: JobClient, tmp_path: Path) -> None:
+    base, mid, top = random_chain(tmp_path, seed=13)
+    reference = flat(top, tmp_path / "before.raw")
+    mid_view = flat(mid, tmp_path / "mid.raw")
+    await add_qcow2(c, "top", top)
+    await c.ok("block-commit", device="top", top=str(mid), **{"job-id": "c"})
+    await c.wait_for(*J("null", "c"))
+    assert ("BLOCK_JOB_COMPLETED", done("c", SIZE, "commit")) in c.take()
+    nodes = await c.ok("query-named-block-nodes")
+    assert [n["file"] for n in nodes if n["drv"] == "qcow2"] == [str(base), str(top)]
+    assert [n["ro"] for n in nodes if n["drv"] == "qcow2"] == [True, False]
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert header_backing(top) == (str(base), "qcow2")
+    for image in (base, mid, top):
+        check_clean(image)
+    compare(top, reference)
+    compare(base, mid_view)  # the base now reads as mid did
+
+
+async def test_active_commit(c: JobClient, tmp_path: Path) -> None:
+    base, mid, top = random_chain(tmp_path, seed=17)
+    reference = flat(top, tmp_path / "before.raw")
+    await add_qcow2(c, "top", top)
+    await c.ok("block-commit", device="top", **{"job-id": "a"})
+    await c.wait_for(*J("ready", "a"))
+    await c.ok("job-complete", id="a")
+    await c.wait_for(*J("null", "a"))
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    for image in (base, mid, top):
+        check_clean(image)
+    compare(base, reference)  # everything above the base is in the base
+    compare(top, reference)

@@ -349,6 +349,18 @@ class BlockNode:
         """The file behind this node when its bytes are that file's bytes at offset 0."""
         return None
 
+    def reopen_read_write(self) -> None:
+        """Make a read-only node writable (QEMU's ``bdrv_reopen_set_read_only``
+        to false, as commit does to its base).
+
+        :raise QMPError: the driver cannot be reopened.
+        """
+        raise QMPError("Block node is read-only")
+
+    def reopen_read_only(self) -> None:
+        """Undo :meth:`reopen_read_write` (commit gives its base back read-only)."""
+        return None
+
     def refresh_length(self) -> None:
         """Read the length again after the node's bytes were rewritten from
         outside its I/O methods (an image created on it)."""

@@ -27,8 +27,9 @@ from typing import Any, cast
 from ..block import BlockGraph, BlockNode, NodeReference
 from ..block.create import PREALLOCATION_MODES
 from ..block.drivers.qcow2 import Qcow2Node
-from ..errors import QMPError
+from ..errors import ErrorClass, QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
+from .commit import ActiveCommitDriver, CommitDriver
 from .drivers import (
     BackupDriver,
     BackupSync,
@@ -40,6 +41,7 @@ from .drivers import (
 from .specs import (
     AbortAction,
     BackupSpec,
+    CommitSpec,
     CreateSpec,
     JobSettings,
     MirrorSpec,
@@ -499,6 +501,111 @@ class BlockJobService:
             driver.hold(layer.block_job("stream").release)
         self._mark(self._filtered, top, driver)
         self.jobs.start(job)
+
+    # ------------------------------------------------------------- commit
+
+    def commit(self, spec: CommitSpec) -> None:
+        """``block-commit``: intermediate or active.
+
+        :raise QMPError: QEMU's texts, in QEMU's order.
+        """
+        bs = self.graph.get(spec.device)
+        if bs is None:
+            raise QMPError(f"Device '{spec.device}' not found", ErrorClass.DEVICE_NOT_FOUND)
+        bs = self._root_node(spec.device)
+        _busy(bs, "commit-source")
+        top: BlockNode | None = bs
+        if spec.top_node is not None and spec.top is not None:
+            raise QMPError("'top-node' and 'top' are mutually exclusive")
+        if spec.top_node is not None:
+            top = self._node_only(spec.top_node)
+            if not self._chain_contains(bs, top):
+                raise QMPError(f"'{spec.top_node}' is not in this backing file chain")
+        elif spec.top is not None and bs.filename != spec.top:
+            top = self._find_backing_image(bs, spec.top)
+        if top is None:
+            raise QMPError(f"Top image file {spec.top} not found")
+        if spec.base_node is not None and spec.base is not None:
+            raise QMPError("'base-node' and 'base' are mutually exclusive")
+        if spec.base_node is not None:
+            base = self._node_only(spec.base_node)
+            if not self._chain_contains(top, base):
+                raise QMPError(f"'{spec.base_node}' is not in this backing file chain")
+        elif spec.base is not None:
+            found = self._find_backing_image(top, spec.base)
+            if found is None:
+                raise QMPError(f"Can't find '{spec.base}' in the backing chain")
+            base = found
+        else:
+            base = top
+            while (below := base.backing_node()) is not None:
+                base = below
+        end = base.backing_node()
+        cur: BlockNode | None = top
+        while cur is not None and cur is not end:
+            _busy(cur, "commit-target")
+            cur = cur.backing_node()
+        if top is base:
+            raise QMPError("cannot commit an image into itself")
+        layers: list[BlockNode] = []
+        cur = top
+        while cur is not None and cur is not base:
+            layers.append(cur)
+            cur = cur.backing_node()
+        settings = spec.job
+        if top is bs:
+            if spec.backing_file is not None:
+                raise QMPError("'backing-file' specified, but 'top' is the active layer")
+            if base.read_only:
+                base.reopen_read_write()
+            active = ActiveCommitDriver(
+                layers,
+                base,
+                clock=self.jobs.clock,
+                executor=self.graph.executor,
+                on_error=spec.on_error,
+            )
+            job = self._create(settings, active, None)
+            self._hold_commit(active, [*layers, base])
+            self._attach_backend(base, active)
+            self._mark(self._filtered, bs, active)
+            self.jobs.start(job)
+            return
+        overlay = bs
+        while overlay.backing_node() is not top:
+            below = overlay.backing_node()
+            assert below is not None
+            overlay = below
+        _busy(overlay, "commit-target")
+        if not isinstance(overlay, Qcow2Node):
+            raise QMPError("Block node is read-only")
+        driver = CommitDriver(
+            self.graph,
+            overlay,
+            layers,
+            base,
+            spec.backing_file,
+            clock=self.jobs.clock,
+            executor=self.graph.executor,
+            on_error=spec.on_error,
+        )
+        job = self._create(settings, driver, None)
+        try:
+            driver.base_read_only = base.read_only
+            for node in (base, overlay):
+                if node.read_only:
+                    node.reopen_read_write()
+        except QMPError:
+            self.jobs.discard(job)
+            raise
+        self._hold_commit(driver, [*layers, base])
+        self._mark(self._filtered, bs, driver)
+        self.jobs.start(job)
+
+    def _hold_commit(self, driver: BlockJobDriver, nodes: list[BlockNode]) -> None:
+        for node in nodes:
+            driver.hold(self.graph.reference(node).release)
+            driver.hold(node.block_job("commit").release)
 
     def _node_only(self, name: str) -> BlockNode:
         node = self.graph.get(name)

@@ -113,3 +113,20 @@ class StreamSpec:
     bottom: str | None = None
     backing_file: str | None = None
     on_error: OnError = "report"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSpec:
+    """``block-commit``: commit ``top_node``/``top`` (default: the device
+    itself, an active commit) of ``device``'s chain into ``base_node``/``base``
+    (default: the bottom of the chain)."""
+
+    device: str
+    job: JobSettings
+    job_id_given: bool = False
+    base: str | None = None
+    base_node: str | None = None
+    top: str | None = None
+    top_node: str | None = None
+    backing_file: str | None = None
+    on_error: OnError = "report"

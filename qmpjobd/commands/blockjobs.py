@@ -17,6 +17,7 @@ from ..blockjobs import BlockJobService
 from ..blockjobs.specs import (
     AbortAction,
     BackupSpec,
+    CommitSpec,
     CreateSpec,
     JobSettings,
     MirrorSpec,
@@ -129,6 +130,20 @@ def stream_spec(args: dict[str, Any]) -> StreamSpec:
     )
 
 
+def commit_spec(args: dict[str, Any]) -> CommitSpec:
+    return CommitSpec(
+        device=args["device"],
+        job=_settings(args),
+        job_id_given="job-id" in args,
+        base=args.get("base"),
+        base_node=args.get("base-node"),
+        top=args.get("top"),
+        top_node=args.get("top-node"),
+        backing_file=args.get("backing-file"),
+        on_error=args.get("on-error", "report"),
+    )
+
+
 def blockjob_commands(service: BlockJobService) -> list[tuple[str, Handler]]:
     async def blockdev_backup(session: SessionControl, args: dict[str, Any]) -> Any:
         await service.backup(backup_spec(args, drive=False))
@@ -154,6 +169,10 @@ def blockjob_commands(service: BlockJobService) -> list[tuple[str, Handler]]:
         service.stream(stream_spec(args))
         return {}
 
+    def block_commit(session: SessionControl, args: dict[str, Any]) -> Any:
+        service.commit(commit_spec(args))
+        return {}
+
     def blockdev_create(session: SessionControl, args: dict[str, Any]) -> Any:
         service.create(create_spec(args))
         return {}
@@ -161,6 +180,7 @@ def blockjob_commands(service: BlockJobService) -> list[tuple[str, Handler]]:
     return [
         ("blockdev-create", blockdev_create),
         ("block-stream", block_stream),
+        ("block-commit", block_commit),
         ("transaction", transaction),
         ("drive-mirror", drive_mirror),
         ("blockdev-mirror", blockdev_mirror),

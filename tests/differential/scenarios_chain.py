@@ -11,7 +11,7 @@ does not.
 from __future__ import annotations
 
 from .model import JSON, Scenario, Step
-from .scenarios_jobs import E, ask, q
+from .scenarios_jobs import E, ask, q, qb
 from .steps import J, MiB, connect, jobs, negotiate
 
 KiB = 1024
@@ -378,6 +378,116 @@ CHAIN: tuple[Scenario, ...] = (
             ask("job-dismiss", {"id": "s1"}, "dismiss", J("null", "s1")),
             ask("block-stream", {"job-id": "s2", "device": "top"}, "again", J("null", "s2")),
             qn("qn"),
+        ],
+        progress=True,
+    ),
+    jobs(
+        "chain_commit_checks",
+        "block-commit on a chain of named nodes: argument checks in QEMU's order, "
+        "then an intermediate commit with backing-file and one without.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("base", "base.qcow2"), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing="base"), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask("blockdev-add", {"driver": "null-co", "node-name": "n"}, "add-n"),
+            *[
+                ask("block-commit", args, f"e{i}")
+                for i, args in enumerate(
+                    [
+                        {"device": "nope"},
+                        {"device": "mid"},
+                        {"device": "top", "top": "x", "top-node": "mid"},
+                        {"device": "top", "top-node": "nope"},
+                        {"device": "top", "top-node": "n"},
+                        {"device": "top", "top": "x"},
+                        {"device": "top", "base": "x", "base-node": "mid"},
+                        {"device": "top", "base-node": "nope"},
+                        {"device": "top", "base-node": "n"},
+                        {"device": "top", "base": "x"},
+                        {"device": "top", "top-node": "base"},
+                        {"device": "top", "top-node": "mid", "base-node": "mid"},
+                        {"device": "top", "top-node": "mid", "base-node": "top"},
+                        {"device": "top", "backing-file": "x"},
+                        {"device": "top"},
+                        {"device": "top", "top-node": "mid", "job-id": "1x"},
+                        {"device": "n", "job-id": "c0"},
+                    ]
+                )
+            ],
+            ask(
+                "block-commit",
+                {"device": "top", "top-node": "mid", "job-id": "c0", "speed": -1},
+                "speed-neg",
+                J("null", "c0"),
+            ),
+            ask(
+                "block-commit",
+                {
+                    "device": "top",
+                    "top-node": "mid",
+                    "base-node": "base",
+                    "job-id": "c1",
+                    "backing-file": "base.qcow2",
+                    "auto-dismiss": False,
+                },
+                "commit",
+                J("concluded", "c1"),
+            ),
+            q("q"),
+            ask("job-dismiss", {"id": "c1"}, "dismiss", J("null", "c1")),
+            qn("qn"),
+        ],
+        progress=True,
+    ),
+    jobs(
+        "chain_commit_implicit",
+        "Intermediate commit of a chain opened from the headers (top by file name, "
+        "default base): the committed layer leaves the graph.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask(
+                "block-commit",
+                {"device": "top", "top": "mid.qcow2", "job-id": "c1"},
+                "commit",
+                J("null", "c1"),
+            ),
+            qn("qn"),
+        ],
+        progress=True,
+    ),
+    jobs(
+        "chain_commit_active",
+        "Active commit: READY, a soft cancel in READY completes it; again, "
+        "job-complete; the base is written, the graph stays.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask(
+                "block-commit",
+                {"device": "top", "job-id": "a1"},
+                "commit",
+                J("ready", "a1"),
+                E("BLOCK_JOB_READY", "a1"),
+            ),
+            qb("qb"),
+            ask("block-job-cancel", {"device": "a1"}, "cancel", J("null", "a1")),
+            qn("qn-1"),
+            ask(
+                "block-commit",
+                {"device": "top", "job-id": "a2", "auto-finalize": False},
+                "commit-2",
+                J("ready", "a2"),
+                E("BLOCK_JOB_READY", "a2"),
+            ),
+            ask("job-pause", {"id": "a2"}, "pause", J("standby", "a2")),
+            ask("job-resume", {"id": "a2"}, "resume", J("ready", "a2")),
+            ask("job-complete", {"id": "a2"}, "complete", E("BLOCK_JOB_PENDING", "a2")),
+            ask("job-finalize", {"id": "a2"}, "finalize", J("null", "a2")),
+            qn("qn-2"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            qn("qn-3"),
         ],
         progress=True,
     ),

@@ -75,6 +75,28 @@ class FileNode(BlockNode):
     def file_path(self) -> Path | None:
         return Path(self.path)
 
+    def reopen_read_write(self) -> None:
+        if not self.read_only:
+            return
+        try:
+            fd = self.open_fd(self.path, False, False)
+        except OSError as exc:
+            raise QMPError(f"Could not reopen file: {os.strerror(exc.errno or 0)}") from exc
+        os.close(self._fd)
+        self._fd = fd
+        self.read_only = False
+
+    def reopen_read_only(self) -> None:
+        if self.read_only or self.closed:
+            return
+        try:
+            fd = self.open_fd(self.path, True, False)
+        except OSError:
+            return  # keep the writable descriptor
+        os.close(self._fd)
+        self._fd = fd
+        self.read_only = True
+
     def refresh_length(self) -> None:
         if not self.closed:
             self._size = os.fstat(self._fd).st_size

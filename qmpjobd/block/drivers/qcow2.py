@@ -81,6 +81,32 @@ class Qcow2Node(BlockNode):
                 f"node is used as backing hd of '{self.node_name}'", BACKING_ALLOWS
             )
 
+    def reopen_read_write(self) -> None:
+        if not self.read_only:
+            return
+        self.file.reopen_read_write()
+        fd = self.file.host_fd()
+        assert fd is not None
+        host = self.image.file
+        assert isinstance(host, FdHostFile)
+        host.fd = fd
+        self.image.read_only = False
+        self.image._prepare_for_writing()
+        self.read_only = False
+
+    def reopen_read_only(self) -> None:
+        if self.read_only or self.closed:
+            return
+        self.image.flush()
+        self.image._set_dirty(False)
+        self.image.read_only = True
+        self.file.reopen_read_only()
+        fd = self.file.host_fd()
+        host = self.image.file
+        if fd is not None and isinstance(host, FdHostFile):
+            host.fd = fd
+        self.read_only = True
+
     def backing_changed(self) -> None:
         """The graph gave the node another backing node (or none)."""
         self._block_backing()

@@ -1,0 +1,182 @@
+"""``commit``: move what the layers from ``top`` down to the base's overlay
+hold into the base (QEMU's ``block-commit``).
+
+* Intermediate commit (``top`` below the active layer): chunks of
+  :data:`COMMIT_BUFFER_SIZE` allocated above the base are read through the
+  chain and written into the base; in ``prepare`` the overlay of ``top``
+  gets the base as its backing node and names it in its header, and the
+  committed layers leave the graph (once the job lets go of them).
+* Active commit (``top`` is the device itself): a mirror of the ranges
+  allocated above the base onto the base; READY once copied;
+  ``job-complete`` or a soft ``block-job-cancel`` in READY end it. As in
+  qemu-storage-daemon, where no device sits on top of the chain, the graph
+  stays as it is.
+
+A read-only base is reopened read-write for the job (QEMU does the same).
+
+Must not import: sockets, JSON.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from ..block import BlockGraph, BlockNode
+from ..block.drivers.qcow2 import Qcow2Node
+from ..clock import Clock
+from ..jobs import Job, JobFailure, JobType
+from .copy import Cancelled, Copier
+from .drivers import IDLE_SECONDS, BlockJobDriver, MirrorDriver
+from .policy import OnError
+from .stream import allocated_above
+
+#: QEMU's COMMIT_BUFFER_SIZE: the largest range one step looks at.
+COMMIT_BUFFER_SIZE = 512 * 1024
+
+
+async def _copy_range(
+    copier: Copier, source: BlockNode, base: BlockNode, offset: int, n: int
+) -> None:
+    data = await copier._guard("read", source.read(offset, n))
+    await copier._guard("write", base.write(offset, data))
+
+
+class CommitDriver(BlockJobDriver):
+    """Intermediate commit of ``layers`` (``top`` first) into ``base``, under ``overlay``."""
+
+    job_type = JobType.COMMIT
+
+    def __init__(
+        self,
+        graph: BlockGraph,
+        overlay: Qcow2Node,
+        layers: list[BlockNode],
+        base: BlockNode,
+        backing_file: str | None,
+        *,
+        clock: Clock,
+        executor: Executor,
+        on_error: OnError,
+    ) -> None:
+        super().__init__(
+            layers[0],
+            base,
+            clock=clock,
+            executor=executor,
+            on_source_error=on_error,
+            on_target_error=on_error,
+        )
+        self.nodes = (overlay, *layers, base)
+        self.graph = graph
+        self.overlay = overlay
+        self.layers = layers
+        self.base = base
+        self.backing_file = backing_file
+        #: the base was read-only before the job made it writable
+        self.base_read_only = False
+
+    def clean(self, job: Job) -> None:
+        super().clean(job)
+        if self.base_read_only:
+            self.base.reopen_read_only()
+
+    async def run(self, job: Job) -> None:
+        top, base = self.layers[0], self.base
+        size = top.size
+        job.progress_set_remaining(size)
+        copier = self.copier(job)
+        offset = 0
+        try:
+            while offset < size:
+                await copier.throttle()
+                if job.is_cancelled:
+                    return
+                pos = offset
+                want = min(COMMIT_BUFFER_SIZE, size - pos)
+                copy, n = await copier.with_policy(
+                    lambda: copier._guard("read", allocated_above(self.layers, pos, want))  # noqa: B023
+                )
+                if copy:
+                    count = n
+                    await copier.with_policy(lambda: _copy_range(copier, top, base, pos, count))  # noqa: B023
+                    self.limiter.account(n)
+                job.progress_update(n)
+                offset += n
+            await copier.flush()
+        except Cancelled:
+            return
+        finally:
+            copier.close()
+
+    def prepare(self, job: Job) -> None:
+        overlay, base = self.overlay, self.base
+        self.graph.set_child(overlay, "backing", base)
+        overlay.backing_changed()
+        try:
+            overlay.change_backing_file(self.backing_file or base.filename, base.driver)
+        except OSError as exc:
+            raise JobFailure(exc.strerror or "Input/output error") from exc
+
+
+class ActiveCommitDriver(MirrorDriver):
+    """Active commit: ``source`` (the active layer) onto ``target`` (the base)."""
+
+    job_type = JobType.COMMIT
+
+    def __init__(
+        self,
+        layers: list[BlockNode],
+        base: BlockNode,
+        *,
+        clock: Clock,
+        executor: Executor,
+        on_error: OnError,
+    ) -> None:
+        super().__init__(
+            layers[0],
+            base,
+            clock=clock,
+            executor=executor,
+            on_source_error=on_error,
+            on_target_error=on_error,
+            copy_all=True,
+        )
+        self.nodes = (*layers, base)
+        self.layers = layers
+
+    async def run(self, job: Job) -> None:
+        source, base = self.source, self.target
+        size = source.size
+        ranges: list[tuple[int, int]] = []
+        offset = 0
+        while offset < size:
+            copy, n = await allocated_above(self.layers, offset, size - offset)
+            if copy:
+                ranges.append((offset, n))
+            offset += n
+        job.progress_set_remaining(sum(n for _, n in ranges))
+        copier = self.copier(job)
+        try:
+            for start, length in ranges:
+                pos = start
+                while pos < start + length:
+                    await copier.throttle()
+                    if job.is_cancelled:
+                        return
+                    at, n = pos, min(copier.chunk, start + length - pos)
+                    await copier.with_policy(lambda: _copy_range(copier, source, base, at, n))  # noqa: B023
+                    self.limiter.account(n)
+                    job.progress_update(n)
+                    pos += n
+            if not await copier.flush():
+                return
+            job.transition_to_ready()
+            while not (job.should_complete or job.cancel_requested):
+                await job.sleep(IDLE_SECONDS)
+                if job.is_cancelled:
+                    return
+            await copier.flush()
+        except Cancelled:
+            return
+        finally:
+            copier.close()
