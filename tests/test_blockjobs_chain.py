@@ -221,3 +221,52 @@ async def test_active_commit(c: JobClient, tmp_path: Path) -> None:
         check_clean(image)
     compare(base, reference)  # everything above the base is in the base
     compare(top, reference)
+
+
+@pytest.mark.parametrize(
+    ("command", "sync"),
+    [
+        ("drive-backup", "full"),
+        ("drive-backup", "top"),
+        ("drive-mirror", "full"),
+        ("drive-mirror", "top"),
+    ],
+)
+async def test_drive_jobs_create_qcow2_targets(
+    c: JobClient, tmp_path: Path, command: str, sync: str
+) -> None:
+    mid, top = random_chain(tmp_path, seed=19)[1:]
+    reference = flat(top, tmp_path / "before.raw")
+    target = tmp_path / "target.qcow2"
+    await add_qcow2(c, "top", top)
+    await c.ok(
+        command, device="top", target=str(target), format="qcow2", sync=sync, **{"job-id": "j"}
+    )
+    if command == "drive-mirror":
+        await c.wait_for(*J("ready", "j"))
+        await c.ok("job-complete", id="j")
+    await c.wait_for(*J("null", "j"))
+    assert not [e for e in c.take() if e[0] == "BLOCK_JOB_ERROR"]
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    expected = (str(mid), "qcow2") if sync == "top" else (None, None)
+    assert header_backing(target) == expected
+    check_clean(target)
+    compare(target, reference)
+
+
+async def test_mirror_sync_top_onto_an_existing_overlay(c: JobClient, tmp_path: Path) -> None:
+    """blockdev-mirror sync top onto a qcow2 overlay of the same backing file."""
+    top = random_chain(tmp_path, seed=23)[-1]
+    reference = flat(top, tmp_path / "before.raw")
+    target = tmp_path / "target.qcow2"
+    run("qemu-img", "create", "-f", "qcow2", "-b", "l1.qcow2", "-F", "qcow2", target)
+    await add_qcow2(c, "top", top)
+    await add_qcow2(c, "tgt", target, backing=None)
+    await c.ok("blockdev-mirror", device="top", target="tgt", sync="top", **{"job-id": "m"})
+    await c.wait_for(*J("ready", "m"))
+    await c.ok("job-complete", id="m")
+    await c.wait_for(*J("null", "m"))
+    await c.ok("blockdev-del", **{"node-name": "tgt"})
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    check_clean(target)
+    compare(target, reference)

@@ -118,8 +118,72 @@ class CommitDriver(BlockJobDriver):
             raise JobFailure(exc.strerror or "Input/output error") from exc
 
 
-class ActiveCommitDriver(MirrorDriver):
-    """Active commit: ``source`` (the active layer) onto ``target`` (the base)."""
+class LayersMirrorDriver(MirrorDriver):
+    """A mirror of what ``layers`` (the source first, then its backing chain
+    down to the mirror's base) hold, onto ``target``: QEMU's mirror marks
+    only those ranges dirty when the target needs nothing else (``sync:
+    top``, a new image, an active commit). Progress counts those bytes."""
+
+    def __init__(
+        self,
+        layers: list[BlockNode],
+        target: BlockNode,
+        *,
+        clock: Clock,
+        executor: Executor,
+        on_source_error: OnError,
+        on_target_error: OnError,
+        zero_target: bool = False,
+    ) -> None:
+        super().__init__(
+            layers[0],
+            target,
+            clock=clock,
+            executor=executor,
+            on_source_error=on_source_error,
+            on_target_error=on_target_error,
+            zero_target=zero_target,
+            copy_all=True,
+        )
+        self.layers = layers
+
+    async def run(self, job: Job) -> None:
+        size = self.source.size
+        ranges: list[tuple[int, int]] = []
+        offset = 0
+        while offset < size:
+            copy, n = await allocated_above(self.layers, offset, size - offset)
+            if copy:
+                ranges.append((offset, n))
+            offset += n
+        job.progress_set_remaining(sum(n for _, n in ranges))
+        copier = self.copier(job)
+        try:
+            for start, length in ranges:
+                end = start + length
+                done = await copier.copy_all(
+                    start,
+                    end,
+                    lambda e: job.progress_update(min(e.end, end) - e.offset),  # noqa: B023
+                )
+                if not done:
+                    return
+            if not await copier.flush():
+                return
+            job.transition_to_ready()
+            while not (job.should_complete or job.cancel_requested):
+                await job.sleep(IDLE_SECONDS)
+                if job.is_cancelled:
+                    return
+            await copier.flush()
+        except Cancelled:
+            return
+        finally:
+            copier.close()
+
+
+class ActiveCommitDriver(LayersMirrorDriver):
+    """Active commit: ``layers[0]`` (the active layer) onto the base."""
 
     job_type = JobType.COMMIT
 
@@ -133,50 +197,11 @@ class ActiveCommitDriver(MirrorDriver):
         on_error: OnError,
     ) -> None:
         super().__init__(
-            layers[0],
+            layers,
             base,
             clock=clock,
             executor=executor,
             on_source_error=on_error,
             on_target_error=on_error,
-            copy_all=True,
         )
         self.nodes = (*layers, base)
-        self.layers = layers
-
-    async def run(self, job: Job) -> None:
-        source, base = self.source, self.target
-        size = source.size
-        ranges: list[tuple[int, int]] = []
-        offset = 0
-        while offset < size:
-            copy, n = await allocated_above(self.layers, offset, size - offset)
-            if copy:
-                ranges.append((offset, n))
-            offset += n
-        job.progress_set_remaining(sum(n for _, n in ranges))
-        copier = self.copier(job)
-        try:
-            for start, length in ranges:
-                pos = start
-                while pos < start + length:
-                    await copier.throttle()
-                    if job.is_cancelled:
-                        return
-                    at, n = pos, min(copier.chunk, start + length - pos)
-                    await copier.with_policy(lambda: _copy_range(copier, source, base, at, n))  # noqa: B023
-                    self.limiter.account(n)
-                    job.progress_update(n)
-                    pos += n
-            if not await copier.flush():
-                return
-            job.transition_to_ready()
-            while not (job.should_complete or job.cancel_requested):
-                await job.sleep(IDLE_SECONDS)
-                if job.is_cancelled:
-                    return
-            await copier.flush()
-        except Cancelled:
-            return
-        finally:
-            copier.close()

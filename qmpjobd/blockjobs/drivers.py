@@ -100,8 +100,9 @@ class BlockJobDriver(JobDriver):
 class BackupDriver(BlockJobDriver):
     """``backup``: a point-in-time copy of the source onto the target.
 
-    ``full`` (and ``top``: our nodes have no backing file, so, like QEMU,
-    top means full) copies every cluster, ``none`` copies nothing and runs
+    ``full`` copies every cluster, ``top`` the clusters the source's own
+    layer holds (all of them for a node without a backing node, as in
+    QEMU; progress then counts only those), ``none`` copies nothing and runs
     until cancelled (with no guest, nothing ever writes to the source).
     Progress counts 64 KiB clusters.
     """
@@ -125,10 +126,37 @@ class BackupDriver(BlockJobDriver):
 
         copier = self.copier(job)
         try:
-            if await copier.copy_all(0, size, progress):
+            if self.sync == "top" and self.source.backing_node() is not None:
+                if await self._copy_top(job, copier, size):
+                    await copier.flush()
+            elif await copier.copy_all(0, size, progress):
                 await copier.flush()
         finally:
             copier.close()
+
+    async def _copy_top(self, job: Job, copier: Copier, size: int) -> bool:
+        """``sync: top``: copy the clusters allocated in the source's own layer."""
+        ranges: list[tuple[int, int]] = []
+        offset = 0
+        while offset < size:
+            allocated, n = await self.source.allocated(offset, size - offset)
+            end = min(round_up(offset + n, CLUSTER), size) if allocated else offset + n
+            if allocated:
+                if ranges and ranges[-1][1] >= offset:
+                    ranges[-1] = (ranges[-1][0], end)
+                else:
+                    ranges.append((offset - offset % CLUSTER, end))
+            offset = end
+        job.progress_set_remaining(sum(round_up(e, CLUSTER) - s for s, e in ranges))
+        for start, end in ranges:
+            stop = end
+
+            def progress(ext: Extent) -> None:
+                job.progress_update(round_up(min(ext.end, stop), CLUSTER) - ext.offset)  # noqa: B023
+
+            if not await copier.copy_all(start, end, progress):
+                return False
+        return True
 
 
 @dataclass(eq=False, repr=False)

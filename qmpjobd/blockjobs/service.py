@@ -19,7 +19,10 @@ Must not import: sockets, JSON, wire, protocol, schema, commands.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import os
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, cast
@@ -27,9 +30,10 @@ from typing import Any, cast
 from ..block import BlockGraph, BlockNode, NodeReference
 from ..block.create import PREALLOCATION_MODES
 from ..block.drivers.qcow2 import Qcow2Node
+from ..block.qcow2 import create_path as qcow2_create_path
 from ..errors import ErrorClass, QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
-from .commit import ActiveCommitDriver, CommitDriver
+from .commit import ActiveCommitDriver, CommitDriver, LayersMirrorDriver
 from .drivers import (
     BackupDriver,
     BackupSync,
@@ -52,7 +56,7 @@ from .stream import StreamDriver
 
 _INT_MAX = (1 << 31) - 1
 #: Image formats qmpjobd can create and open as a job's target.
-_TARGET_FORMATS = ("raw", "file")
+_TARGET_FORMATS = ("raw", "file", "qcow2")
 #: Drivers QEMU knows but that cannot create images.
 _NO_CREATE_FORMATS = ("null-co", "null-aio", "blkdebug")
 
@@ -134,14 +138,37 @@ class BlockJobService:
         if fmt not in _TARGET_FORMATS:
             raise QMPError(f"Unknown driver '{fmt}'")
         options: dict[str, Any]
-        if fmt == "raw":
-            options = {"driver": "raw", "file": {"driver": "file", "filename": filename}}
+        if fmt in ("raw", "qcow2"):
+            options = {"driver": fmt, "file": {"driver": "file", "filename": filename}}
         else:
             options = {"driver": "file", "filename": filename}
         if node_name is not None:
             options["node-name"] = node_name
         options.update(extra)
         return self.graph.open_implicit(options)
+
+    async def _create_target(
+        self, filename: str, fmt: str, size: int, backing: BlockNode | None
+    ) -> None:
+        """Create the image of a ``drive-*`` target: a qcow2 image names
+        ``backing`` (by its filename and format) as its backing file."""
+        if fmt != "qcow2":
+            await self.graph.create_file(filename, size)
+            return
+        self.graph.check_path(filename)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.graph.executor,
+                functools.partial(
+                    qcow2_create_path,
+                    filename,
+                    size,
+                    backing_file=None if backing is None else backing.filename,
+                    backing_format=None if backing is None else backing.driver,
+                ),
+            )
+        except OSError as exc:
+            raise QMPError(f"Could not create '{filename}': {os.strerror(exc.errno or 0)}") from exc
 
     # ------------------------------------------------------------- backup
 
@@ -207,18 +234,29 @@ class BlockJobService:
         if fmt is None and image.mode != "existing":
             fmt = source.driver
         _busy(source, "backup-source")
+        backing: BlockNode | None = None
+        if spec.sync == "top":
+            backing = source.backing_node()
+        elif spec.sync == "none":
+            backing = source
+        extra: dict[str, Any] = {"discard": "unmap", "detect-zeroes": "unmap"}
         if image.mode != "existing":
             assert fmt is not None
             self._check_create_format(fmt)
-            if spec.sync == "none":
+            if backing is not None and fmt != "qcow2":
                 raise QMPError(f"Backing file not supported for file format '{fmt}'")
-            await self.graph.create_file(image.filename, source.size)
-        ref = self._open_target(
-            image.filename, fmt, None, {"discard": "unmap", "detect-zeroes": "unmap"}
-        )
+            await self._create_target(image.filename, fmt, source.size, backing)
+            if backing is source:
+                extra["backing"] = source.node_name
+        ref = self._open_target(image.filename, fmt, None, extra)
         try:
             return self._backup_common(
-                spec, source, ref.node, txn, ref, zero_target=image.mode != "existing"
+                spec,
+                source,
+                ref.node,
+                txn,
+                ref,
+                zero_target=image.mode != "existing" and backing is None,
             )
         except BaseException:
             ref.release()
@@ -272,7 +310,7 @@ class BlockJobService:
         driver = BackupDriver(
             source,
             target,
-            cast(BackupSync, "full" if sync == "top" else sync),
+            cast(BackupSync, sync),
             zero_target=zero_target,
             clock=self.jobs.clock,
             executor=self.graph.executor,
@@ -327,13 +365,20 @@ class BlockJobService:
             fmt = source.driver
         if spec.replaces is not None and spec.node_name is None:
             raise QMPError("a node-name must be provided when replacing a named node of the graph")
+        backing: BlockNode | None = None
+        if spec.sync == "top":
+            backing = source.backing_node()
+        elif spec.sync == "none":
+            backing = source
         if image.mode != "existing":
             assert fmt is not None
             self._check_create_format(fmt)
-            if spec.sync == "none":
+            if backing is not None and fmt != "qcow2":
                 raise QMPError(f"Backing file not supported for file format '{fmt}'")
-            await self.graph.create_file(image.filename, source.size)
-        ref = self._open_target(image.filename, fmt, spec.node_name, {})
+            await self._create_target(image.filename, fmt, source.size, backing)
+        # Mirroring takes care of copy-on-write using the source's backing file.
+        extra = {"backing": None} if (fmt or "raw") == "qcow2" else {}
+        ref = self._open_target(image.filename, fmt, spec.node_name, extra)
         try:
             self._mirror_common(spec, source, ref.node, ref, zero_target=image.mode != "existing")
         except BaseException:
@@ -380,16 +425,29 @@ class BlockJobService:
         # source without read-zeroes has none.
         copy_all = sync != "none" and not (zero_target and _unallocated(source))
         settings = spec.job
-        driver = MirrorDriver(
-            source,
-            target,
-            copy_all=copy_all,
-            zero_target=zero_target,
-            clock=self.jobs.clock,
-            executor=self.graph.executor,
-            on_source_error=settings.on_source_error,
-            on_target_error=settings.on_target_error,
-        )
+        driver: MirrorDriver
+        chain = self._mirror_layers(source, sync, zero_target)
+        if chain is not None:
+            driver = LayersMirrorDriver(
+                chain,
+                target,
+                zero_target=zero_target and sync == "full",
+                clock=self.jobs.clock,
+                executor=self.graph.executor,
+                on_source_error=settings.on_source_error,
+                on_target_error=settings.on_target_error,
+            )
+        else:
+            driver = MirrorDriver(
+                source,
+                target,
+                copy_all=copy_all,
+                zero_target=zero_target,
+                clock=self.jobs.clock,
+                executor=self.graph.executor,
+                on_source_error=settings.on_source_error,
+                on_target_error=settings.on_target_error,
+            )
         if target.read_only:
             # Every check has passed but one that QEMU makes only once the
             # job exists, when it asks for write access to its target: the
@@ -612,6 +670,24 @@ class BlockJobService:
         if node is None:
             raise QMPError(f"Cannot find device='' nor node-name='{name}'")
         return node
+
+    @staticmethod
+    def _mirror_layers(source: BlockNode, sync: str, zero_target: bool) -> list[BlockNode] | None:
+        """The layers whose allocated ranges a mirror of a backing chain
+        copies (QEMU marks only those dirty): the source's own for ``top``,
+        the whole chain for ``full`` onto a new image; None otherwise."""
+        if source.backing_node() is None:
+            return None
+        if sync == "top":
+            return [source]
+        if sync == "full" and zero_target:
+            layers: list[BlockNode] = []
+            cur: BlockNode | None = source
+            while cur is not None:
+                layers.append(cur)
+                cur = cur.backing_node()
+            return layers
+        return None
 
     # ------------------------------------------------------------- create
 

@@ -491,4 +491,106 @@ CHAIN: tuple[Scenario, ...] = (
         ],
         progress=True,
     ),
+    jobs(
+        "chain_backup_mirror_qcow2",
+        "Backups and mirrors of a qcow2 chain: sync top onto a raw node; drive-backup "
+        "and drive-mirror creating qcow2 targets (full, top over the source's backing, "
+        "none over the source), mode existing.",
+        [
+            *start(),
+            run("qemu-img", "create", "-f", "raw", img("out.img"), "1M"),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            ask(
+                "blockdev-add",
+                {"driver": "raw", "node-name": "out", "file": file("out.img")},
+                "add-out",
+            ),
+            ask(
+                "blockdev-backup",
+                {"job-id": "b1", "device": "top", "target": "out", "sync": "top"},
+                "backup-top",
+                J("null", "b1"),
+            ),
+            *[
+                ask(
+                    "drive-backup",
+                    {
+                        "job-id": job,
+                        "device": "top",
+                        "target": img(name),
+                        "format": "qcow2",
+                        "sync": sync,
+                        **extra,
+                    },
+                    job,
+                    J("null", job),
+                )
+                for job, name, sync, extra in (
+                    ("b2", "db-full.qcow2", "full", {}),
+                    ("b3", "db-top.qcow2", "top", {}),
+                    ("b4", "db-full.qcow2", "full", {"mode": "existing"}),
+                )
+            ],
+            ask(
+                "drive-backup",
+                {
+                    "job-id": "b5",
+                    "device": "top",
+                    "target": img("nothere.qcow2"),
+                    "format": "qcow2",
+                    "sync": "full",
+                    "mode": "existing",
+                },
+                "b5",
+            ),
+            ask(
+                "drive-backup",
+                {
+                    "job-id": "b6",
+                    "device": "top",
+                    "target": img("db-none.img"),
+                    "format": "raw",
+                    "sync": "none",
+                },
+                "b6",
+            ),
+            ask(
+                "drive-backup",
+                {
+                    "job-id": "b7",
+                    "device": "top",
+                    "target": img("db-none.qcow2"),
+                    "format": "qcow2",
+                    "sync": "none",
+                },
+                "b7",
+                J("running", "b7"),
+            ),
+            ask("job-cancel", {"id": "b7"}, "cancel-b7", J("null", "b7")),
+            *[
+                step
+                for job, name, sync in (
+                    ("m1", "dm-top.qcow2", "top"),
+                    ("m2", "dm-full.qcow2", "full"),
+                )
+                for step in (
+                    ask(
+                        "drive-mirror",
+                        {
+                            "job-id": job,
+                            "device": "top",
+                            "target": img(name),
+                            "format": "qcow2",
+                            "sync": sync,
+                        },
+                        job,
+                        J("ready", job),
+                        E("BLOCK_JOB_READY", job),
+                    ),
+                    ask("job-complete", {"id": job}, f"complete-{job}", J("null", job)),
+                )
+            ],
+            q("q"),
+        ],
+    ),
 )
