@@ -270,3 +270,24 @@ async def test_mirror_sync_top_onto_an_existing_overlay(c: JobClient, tmp_path: 
     await c.ok("blockdev-del", **{"node-name": "top"})
     check_clean(target)
     compare(target, reference)
+
+
+async def test_stream_into_a_read_only_backing_layer(c: JobClient, tmp_path: Path) -> None:
+    """Streaming into an implicit (read-only) layer reopens it read-write for
+    the job and gives it back read-only, as QEMU does."""
+    layers = random_chain(tmp_path, layers=4, seed=29)
+    reference = flat(layers[2], tmp_path / "before.raw")
+    await add_qcow2(c, "top", layers[3])
+    nodes = await c.ok("query-named-block-nodes")
+    name = {n["file"]: n["node-name"] for n in nodes if n["drv"] == "qcow2"}
+    target = name[str(layers[2])]
+    await c.ok("block-stream", device=target, **{"base-node": name[str(layers[0])], "job-id": "s"})
+    await wait_done(c, "s")
+    nodes = await c.ok("query-named-block-nodes")
+    ro = {n["node-name"]: n["ro"] for n in nodes}
+    assert ro[target] is True
+    assert str(layers[1]) not in {n["file"] for n in nodes}
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert header_backing(layers[2]) == (str(layers[0]), "qcow2")
+    check_clean(layers[2])
+    compare(layers[2], reference)

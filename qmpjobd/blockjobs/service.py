@@ -537,8 +537,11 @@ class BlockJobService:
         while cur is not None and cur is not base:
             layers.append(cur)
             cur = cur.backing_node()
-        if layers and (not isinstance(top, Qcow2Node) or top.read_only):
+        if layers and not isinstance(top, Qcow2Node):
             raise QMPError("Block node is read-only")
+        top_read_only = top.read_only
+        if top_read_only and (layers or top.backing_node() is not None):
+            top.reopen_read_write()  # QEMU reopens it for the job, then gives it back
         settings = spec.job
         assert isinstance(top, Qcow2Node) or not layers
         driver = StreamDriver(
@@ -551,7 +554,14 @@ class BlockJobService:
             executor=self.graph.executor,
             on_error=spec.on_error,
         )
-        job = self._create(settings, driver, None)
+        if top_read_only:
+            driver.hold(top.reopen_read_only)
+        try:
+            job = self._create(settings, driver, None)
+        except QMPError:
+            if top_read_only:
+                top.reopen_read_only()
+            raise
         driver.hold(self.graph.reference(top).release)
         driver.hold(top.block_job("stream").release)
         for layer in layers:

@@ -122,9 +122,7 @@ class StreamDriver(BlockJobDriver):
 
     def prepare(self, job: Job) -> None:
         top = self.top
-        if top.backing_node() is None or (not self.layers and top.read_only):
-            # (QEMU reopens a read-only top read-write to rewrite its header
-            # even when there was nothing to stream; qmpjobd leaves it.)
+        if top.backing_node() is None:
             return
         base = self.base
         self.graph.set_child(top, "backing", base)
