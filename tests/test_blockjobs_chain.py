@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .support.blockjobs import J, JobClient, done
 
@@ -291,3 +293,91 @@ async def test_stream_into_a_read_only_backing_layer(c: JobClient, tmp_path: Pat
     assert header_backing(layers[2]) == (str(layers[0]), "qcow2")
     check_clean(layers[2])
     compare(layers[2], reference)
+
+
+# -- a property: any chain, any stream or commit, the top reads the same ------
+
+_op = st.sampled_from(["stream", "commit", "active-commit"])
+
+
+@st.composite
+def _chains(draw: st.DrawFn) -> tuple[int, list[list[tuple[str, int, int, int]]]]:
+    depth = draw(st.integers(2, 4))
+    layers = []
+    for _ in range(depth):
+        writes = []
+        for _ in range(draw(st.integers(0, 5))):
+            offset = draw(st.integers(0, SIZE // 512 - 1)) * 512
+            length = draw(st.integers(1, min(SIZE - offset, 400 * KiB) // 512)) * 512
+            kind = draw(st.sampled_from(["data", "data", "zero"]))
+            writes.append((kind, offset, length, draw(st.integers(1, 255))))
+        layers.append(writes)
+    return depth, layers
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(chain=_chains(), op=_op, data=st.data())
+async def test_property_chain_jobs_keep_what_the_top_reads(
+    c: JobClient, tmp_path_factory: pytest.TempPathFactory, chain: Any, op: str, data: Any
+) -> None:
+    depth, layers = chain
+    tmp = tmp_path_factory.mktemp("chain")
+    model = bytearray(SIZE)
+    paths: list[Path] = []
+    for i, writes in enumerate(layers):  # bottom-up: no COW hides a later write
+        path = tmp / f"l{i}.qcow2"
+        if paths:
+            run(
+                "qemu-img", "create", "-f", "qcow2", "-b", paths[-1].name, "-F", "qcow2",
+                path, str(SIZE),
+            )  # fmt: skip
+        else:
+            run("qemu-img", "create", "-f", "qcow2", path, str(SIZE))
+        cmds: list[str] = []
+        for kind, offset, length, pattern in writes:
+            if kind == "zero":
+                cmds += ["-c", f"write -z {offset} {length}"]
+                model[offset : offset + length] = bytes(length)
+            else:
+                cmds += ["-c", f"write -P {pattern} {offset} {length}"]
+                model[offset : offset + length] = bytes([pattern]) * length
+        if cmds:
+            run("qemu-io", *cmds, path)
+        paths.append(path)
+    reference = tmp / "model.raw"
+    reference.write_bytes(bytes(model))
+    await add_qcow2(c, "top", paths[-1])
+    nodes = await c.ok("query-named-block-nodes")
+    name = {n["file"]: n["node-name"] for n in nodes if n["drv"] == "qcow2"}
+    name[str(paths[-1])] = "top"
+    base = data.draw(st.integers(0, depth - 2), label="base")
+    if op == "stream":
+        await c.ok(
+            "block-stream", device="top", **{"base-node": name[str(paths[base])]}, **{"job-id": "p"}
+        )
+    elif op == "commit" and base < depth - 2:
+        top = data.draw(st.integers(base + 1, depth - 2), label="top")
+        await c.ok(
+            "block-commit",
+            device="top",
+            **{"top-node": name[str(paths[top])], "base-node": name[str(paths[base])]},
+            **{"job-id": "p"},
+        )
+    else:
+        await c.ok(
+            "block-commit", device="top", **{"base-node": name[str(paths[base])], "job-id": "p"}
+        )
+        await c.wait_for(*J("ready", "p"))
+        await c.ok("job-complete", id="p")
+    await c.wait_for(*J("null", "p"))
+    events = c.take()
+    assert not [e for e in events if e[0] in ("BLOCK_JOB_ERROR", "BLOCK_JOB_CANCELLED")], events
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert await c.ok("query-named-block-nodes") == []
+    for path in paths:
+        check_clean(path)
+    compare(paths[-1], reference)
