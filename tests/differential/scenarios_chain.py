@@ -593,4 +593,26 @@ CHAIN: tuple[Scenario, ...] = (
             q("q"),
         ],
     ),
+    jobs(
+        "chain_stream_bottom",
+        "block-stream with bottom: the layers down to bottom go into the top, "
+        "whose header then names bottom's backing node's file.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("base", "base.qcow2"), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing="base"), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask(
+                "block-stream",
+                {"job-id": "s1", "device": "top", "bottom": "mid"},
+                "stream",
+                J("null", "s1"),
+            ),
+            qn("qn"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing=None), "add-top-again"),
+            qn("qn-2"),
+        ],
+    ),
 )
