@@ -615,4 +615,47 @@ CHAIN: tuple[Scenario, ...] = (
             qn("qn-2"),
         ],
     ),
+    jobs(
+        "chain_backing_node_rules",
+        "What a backing node allows: two overlays on one backing node, backup from "
+        "and onto it; mirror from it (not a root node) and onto it (busy), "
+        "blockdev-del of a backing node, qcow2 over a raw node.",
+        [
+            *start(),
+            overlay("top2.qcow2", "mid.qcow2"),
+            run("qemu-img", "create", "-f", "raw", img("r.img"), "1M"),
+            ask("blockdev-add", qcow2("base", "base.qcow2"), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing="base"), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask(
+                "blockdev-add", {"driver": "raw", "node-name": "r", "file": file("r.img")}, "add-r"
+            ),
+            ask("blockdev-add", qcow2("top2", "top2.qcow2", backing="mid"), "add-top2"),
+            ask(
+                "blockdev-backup",
+                {"job-id": "b1", "device": "r", "target": "mid", "sync": "full"},
+                "backup-onto",
+                J("null", "b1"),
+            ),
+            ask(
+                "blockdev-backup",
+                {"job-id": "b2", "device": "mid", "target": "r", "sync": "full"},
+                "backup-from",
+                J("null", "b2"),
+            ),
+            ask(
+                "blockdev-mirror",
+                {"job-id": "m1", "device": "mid", "target": "r", "sync": "full"},
+                "mirror-from",
+            ),
+            ask(
+                "blockdev-mirror",
+                {"job-id": "m2", "device": "r", "target": "mid", "sync": "full"},
+                "mirror-onto",
+            ),
+            ask("blockdev-del", {"node-name": "base"}, "del-base"),
+            ask("blockdev-add", {"driver": "qcow2", "node-name": "x", "file": "r"}, "on-raw"),
+            q("q"),
+        ],
+    ),
 )
