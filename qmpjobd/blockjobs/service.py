@@ -667,6 +667,10 @@ class BlockJobService:
             self.jobs.discard(job)
             raise
         self._hold_commit(driver, [*layers, base])
+        # QEMU's commit job has a block backend on the top it commits and one
+        # on the base: blockdev-del answers "Node %s is in use" for both.
+        self._attach_backend(top, driver)
+        self._attach_backend(base, driver)
         self._mark(self._filtered, bs, driver)
         self.jobs.start(job)
 
