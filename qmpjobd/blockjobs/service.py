@@ -666,7 +666,7 @@ class BlockJobService:
         except QMPError:
             self.jobs.discard(job)
             raise
-        self._hold_commit(driver, [*layers, base])
+        self._hold_commit(driver, [bs, *layers, base])
         # QEMU's commit job has a block backend on the top it commits and one
         # on the base: blockdev-del answers "Node %s is in use" for both.
         self._attach_backend(top, driver)

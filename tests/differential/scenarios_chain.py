@@ -364,6 +364,7 @@ CHAIN: tuple[Scenario, ...] = (
             ask("job-pause", {"id": "s1"}, "pause", J("paused", "s1")),
             ask("block-job-resume", {"device": "s1"}, "resume", J("running", "s1")),
             ask("block-job-set-speed", {"device": "s1", "speed": 2}, "speed"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
             ask("job-complete", {"id": "s1"}, "complete"),
             ask("block-job-complete", {"device": "s1"}, "bcomplete"),
             ask(
@@ -689,6 +690,8 @@ CHAIN: tuple[Scenario, ...] = (
             ask("block-job-set-speed", {"device": "c1", "speed": 2}, "speed"),
             ask("job-complete", {"id": "c1"}, "complete"),
             ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("blockdev-del", {"node-name": "base"}, "del-base"),
             ask(
                 "block-job-cancel",
                 {"device": "c1"},
