@@ -8,7 +8,9 @@ Every image a job wrote passes ``qemu-img check``; its content is compared
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -19,6 +21,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from qmpjobd.app import App
 
 from .support.blockjobs import J, JobClient, done
 
@@ -381,3 +385,81 @@ async def test_property_chain_jobs_keep_what_the_top_reads(
     for path in paths:
         check_clean(path)
     compare(paths[-1], reference)
+
+
+# -- on-error: QEMU's per-chunk handling, with a failing write injected -------
+
+
+def _fail_writes(node: Any, errno_: int, times: int) -> None:
+    """Make the next ``times`` writes of ``node`` fail with ``errno_``."""
+    original = node.write
+    left = [times]
+
+    async def write(offset: int, data: bytes) -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            raise OSError(errno_, os.strerror(errno_))
+        await original(offset, data)
+
+    node.write = write
+
+
+async def test_stream_on_error_stop_then_resume(app: App, c: JobClient, tmp_path: Path) -> None:
+    top = random_chain(tmp_path, seed=31)[-1]
+    reference = flat(top, tmp_path / "before.raw")
+    await add_qcow2(c, "top", top)
+    _fail_writes(app.graph.lookup("top"), errno.ENOSPC, 1)
+    await c.ok("block-stream", device="top", **{"job-id": "s", "on-error": "stop"})
+    await c.wait_for(*J("paused", "s"))
+    error = {"device": "s", "operation": "read", "action": "stop"}
+    assert ("BLOCK_JOB_ERROR", error) in c.take()
+    jobs = await c.ok("query-block-jobs")
+    assert jobs[0]["io-status"] == "nospace"
+    await c.ok("block-job-resume", device="s")
+    await c.wait_for(*J("null", "s"))
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    check_clean(top)
+    compare(top, reference)
+    assert header_backing(top) == (None, None)
+
+
+async def test_commit_on_error_ignore_tries_again(app: App, c: JobClient, tmp_path: Path) -> None:
+    base, mid, top = random_chain(tmp_path, seed=37)
+    reference = flat(top, tmp_path / "before.raw")
+    await add_qcow2(c, "top", top)
+    nodes = await c.ok("query-named-block-nodes")
+    name = {n["file"]: n["node-name"] for n in nodes if n["drv"] == "qcow2"}
+    _fail_writes(app.graph.lookup(name[str(base)]), errno.EIO, 1)
+    await c.ok(
+        "block-commit",
+        device="top",
+        **{"top-node": name[str(mid)], "job-id": "c", "on-error": "ignore"},
+    )
+    await c.wait_for(*J("null", "c"))
+    events = c.take()
+    assert ("BLOCK_JOB_ERROR", {"device": "c", "operation": "write", "action": "ignore"}) in events
+    # QEMU's commit tries an ignored chunk again: the job succeeds.
+    completed = [e[1] for e in events if e[0] == "BLOCK_JOB_COMPLETED"]
+    assert completed == [done("c", SIZE, "commit")]
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert header_backing(top) == (str(base), "qcow2")
+    for image in (base, mid, top):
+        check_clean(image)
+    compare(top, reference)
+
+
+async def test_stream_on_error_ignore_fails_at_the_end(
+    app: App, c: JobClient, tmp_path: Path
+) -> None:
+    top = random_chain(tmp_path, seed=41)[-1]
+    await add_qcow2(c, "top", top)
+    _fail_writes(app.graph.lookup("top"), errno.EIO, 1)
+    await c.ok("block-stream", device="top", **{"job-id": "s", "on-error": "ignore"})
+    await c.wait_for(*J("null", "s"))
+    events = c.take()
+    assert ("BLOCK_JOB_ERROR", {"device": "s", "operation": "read", "action": "ignore"}) in events
+    completed = [e[1] for e in events if e[0] == "BLOCK_JOB_COMPLETED"]
+    assert completed[0]["error"] == "Input/output error"
+    await c.ok("blockdev-del", **{"node-name": "top"})
+    assert header_backing(top) == ("l1.qcow2", "qcow2")  # the chain is left as it was
+    check_clean(top)

@@ -28,7 +28,7 @@ from ..jobs import Job, JobFailure, JobType
 from .copy import Cancelled, Copier
 from .drivers import IDLE_SECONDS, BlockJobDriver, MirrorDriver
 from .policy import OnError
-from .stream import allocated_above
+from .stream import allocated_above, chunk_with_policy
 
 #: QEMU's COMMIT_BUFFER_SIZE: the largest range one step looks at.
 COMMIT_BUFFER_SIZE = 512 * 1024
@@ -81,8 +81,7 @@ class CommitDriver(BlockJobDriver):
             self.base.reopen_read_only()
 
     async def run(self, job: Job) -> None:
-        top, base = self.layers[0], self.base
-        size = top.size
+        size = self.layers[0].size
         job.progress_set_remaining(size)
         copier = self.copier(job)
         offset = 0
@@ -93,12 +92,15 @@ class CommitDriver(BlockJobDriver):
                     return
                 pos = offset
                 want = min(COMMIT_BUFFER_SIZE, size - pos)
-                copy, n = await copier.with_policy(
-                    lambda: copier._guard("read", allocated_above(self.layers, pos, want))  # noqa: B023
+                outcome = await chunk_with_policy(
+                    job,
+                    self.on_source_error,
+                    lambda: self._step(copier, pos, want),  # noqa: B023
+                    ignore_skips=False,
                 )
-                if copy:
-                    count = n
-                    await copier.with_policy(lambda: _copy_range(copier, top, base, pos, count))  # noqa: B023
+                assert not isinstance(outcome, int)
+                n, copied = outcome
+                if copied:
                     self.limiter.account(n)
                 job.progress_update(n)
                 offset += n
@@ -107,6 +109,13 @@ class CommitDriver(BlockJobDriver):
             return
         finally:
             copier.close()
+
+    async def _step(self, copier: Copier, pos: int, want: int) -> tuple[int, bool]:
+        """One chunk: ``(bytes looked at, whether they were copied)``."""
+        copy, n = await copier._guard("read", allocated_above(self.layers, pos, want))
+        if copy:
+            await _copy_range(copier, self.layers[0], self.base, pos, n)
+        return n, copy
 
     def prepare(self, job: Job) -> None:
         overlay, base = self.overlay, self.base

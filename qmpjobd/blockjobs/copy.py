@@ -239,7 +239,9 @@ class _FileRange:
         os.close(self.dst)
 
 
-class _IoError(Exception):
+class IoError(Exception):
+    """A failed request of a copy, with the operation it failed in."""
+
     def __init__(self, operation: IoOperation, exc: OSError) -> None:
         super().__init__(exc)
         self.operation = operation
@@ -322,7 +324,7 @@ class Copier:
         try:
             return await request
         except OSError as exc:
-            raise _IoError(operation, exc) from exc
+            raise IoError(operation, exc) from exc
 
     async def with_policy(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``attempt`` until it succeeds, applying the error policies.
@@ -334,7 +336,7 @@ class Copier:
         while True:
             try:
                 return await attempt()
-            except _IoError as err:
+            except IoError as err:
                 if retried_cancelled:
                     # The last try of a cancelled job: its failure is not reported.
                     raise Cancelled from None

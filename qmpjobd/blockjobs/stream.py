@@ -15,18 +15,57 @@ Must not import: sockets, JSON.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 from ..block import BlockGraph, BlockNode
 from ..block.drivers.qcow2 import Qcow2Node
 from ..clock import Clock
 from ..jobs import Job, JobFailure, JobType
-from .copy import Cancelled, Copier
+from .copy import Cancelled, Copier, IoError
 from .drivers import BlockJobDriver
-from .policy import OnError
+from .policy import OnError, error_action
+
+_T = TypeVar("_T")
 
 #: QEMU's STREAM_CHUNK: the largest range one step looks at.
 STREAM_CHUNK = 512 * 1024
+
+
+async def chunk_with_policy(
+    job: Job,
+    policy: OnError,
+    attempt: Callable[[], Awaitable[_T]],
+    *,
+    ignore_skips: bool = True,
+) -> _T | int:
+    """One chunk of a stream or commit under its ``on-error`` policy, as
+    QEMU's loops handle it: ``report`` fails the job now; ``stop`` parks the
+    job and tries the chunk again after resume; ``ignore`` skips the chunk
+    in a stream (returns its errno: the job fails with it at its end, and
+    changes no backing file) and tries it again at once in a commit
+    (``ignore_skips`` false).
+
+    :raise OSError: the policy reported the error.
+    :raise Cancelled: the job was cancelled while stopped.
+    """
+    while True:
+        try:
+            return await attempt()
+        except IoError as err:
+            action = error_action(policy, err.errno)
+            job.report_io_error(err.operation, action, err.errno)
+            if action == "report":
+                raise OSError(err.errno, os.strerror(err.errno)) from None
+            if action == "ignore":
+                if ignore_skips:
+                    return err.errno
+                continue
+            await job.pause_point()
+            if job.is_cancelled:
+                raise Cancelled from None
 
 
 async def allocated_above(layers: list[BlockNode], offset: int, length: int) -> tuple[bool, int]:
@@ -84,6 +123,7 @@ class StreamDriver(BlockJobDriver):
         job.progress_set_remaining(size)
         copier = self.copier(job)
         offset = 0
+        failed = 0
         try:
             while offset < size:
                 await copier.throttle()
@@ -91,26 +131,38 @@ class StreamDriver(BlockJobDriver):
                     return
                 pos = offset
                 want = min(STREAM_CHUNK, size - pos)
-                own, n = await copier.with_policy(
-                    lambda: copier._guard("read", top.allocated(pos, want))  # noqa: B023
+                outcome = await chunk_with_policy(
+                    job,
+                    self.on_source_error,
+                    lambda: self._step(copier, pos, want),  # noqa: B023
                 )
-                copy = False
-                if not own:
-                    span = n
-                    copy, n = await copier.with_policy(
-                        lambda: copier._guard("read", allocated_above(self.layers, pos, span))  # noqa: B023
-                    )
-                if copy:
-                    count = n
-                    await copier.with_policy(lambda: self._populate(copier, pos, count))  # noqa: B023
+                if isinstance(outcome, int):
+                    failed = failed or outcome
+                    n, copied = want, False
+                else:
+                    n, copied = outcome
+                if copied:
                     self.limiter.account(n)
                 job.progress_update(n)
                 offset += n
+            if failed:
+                raise OSError(failed, os.strerror(failed))
             await copier.flush()
         except Cancelled:
             return
         finally:
             copier.close()
+
+    async def _step(self, copier: Copier, pos: int, want: int) -> tuple[int, bool]:
+        """One chunk: ``(bytes looked at, whether they were copied)``."""
+        top = self.top
+        own, n = await copier._guard("read", top.allocated(pos, want))
+        if own:
+            return n, False
+        copy, n = await copier._guard("read", allocated_above(self.layers, pos, n))
+        if copy:
+            await self._populate(copier, pos, n)
+        return n, copy
 
     async def _populate(self, copier: Copier, offset: int, length: int) -> None:
         """Copy-on-read of one range: read through the chain, write into the top."""
