@@ -28,7 +28,7 @@ from ..jobs import Job, JobFailure, JobType
 from .copy import Cancelled, Copier
 from .drivers import IDLE_SECONDS, BlockJobDriver, MirrorDriver
 from .policy import OnError
-from .stream import allocated_above, chunk_with_policy
+from .stream import MERGE_LIMIT, allocated_above, chunk_with_policy
 
 #: QEMU's COMMIT_BUFFER_SIZE: the largest range one step looks at.
 COMMIT_BUFFER_SIZE = 512 * 1024
@@ -113,6 +113,16 @@ class CommitDriver(BlockJobDriver):
     async def _step(self, copier: Copier, pos: int, want: int) -> tuple[int, bool]:
         """One chunk: ``(bytes looked at, whether they were copied)``."""
         copy, n = await copier._guard("read", allocated_above(self.layers, pos, want))
+        if copy and not self.limiter.speed:
+            size = self.layers[0].size
+            while n < MERGE_LIMIT and pos + n < size:
+                more, m = await copier._guard(
+                    "read",
+                    allocated_above(self.layers, pos + n, min(COMMIT_BUFFER_SIZE, size - pos - n)),
+                )
+                if not more:
+                    break
+                n += m
         if copy:
             await _copy_range(copier, self.layers[0], self.base, pos, n)
         return n, copy

@@ -32,6 +32,8 @@ _T = TypeVar("_T")
 
 #: QEMU's STREAM_CHUNK: the largest range one step looks at.
 STREAM_CHUNK = 512 * 1024
+#: An unthrottled step copies consecutive chunks in one request up to this.
+MERGE_LIMIT = 4 << 20
 
 
 async def chunk_with_policy(
@@ -161,8 +163,27 @@ class StreamDriver(BlockJobDriver):
             return n, False
         copy, n = await copier._guard("read", allocated_above(self.layers, pos, n))
         if copy:
+            n += await self._more_to_copy(copier, pos + n)
             await self._populate(copier, pos, n)
         return n, copy
+
+    async def _more_to_copy(self, copier: Copier, pos: int) -> int:
+        """How many bytes from ``pos`` on are to be copied as well, up to
+        :data:`MERGE_LIMIT` in all: an unthrottled job writes them in one
+        request (fewer metadata syncs in the top; QEMU's cache orders them)."""
+        if self.limiter.speed:
+            return 0
+        size, more = self.top.size, 0
+        while more < MERGE_LIMIT - STREAM_CHUNK and pos + more < size:
+            want = min(STREAM_CHUNK, size - pos - more)
+            own, n = await copier._guard("read", self.top.allocated(pos + more, want))
+            if own:
+                break
+            copy, n = await copier._guard("read", allocated_above(self.layers, pos + more, n))
+            if not copy:
+                break
+            more += n
+        return more
 
     async def _populate(self, copier: Copier, offset: int, length: int) -> None:
         """Copy-on-read of one range: read through the chain, write into the top."""
