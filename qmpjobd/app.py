@@ -19,8 +19,10 @@ from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
 from .commands.block import block_commands
 from .commands.blockjobs import blockjob_commands
+from .commands.control import attributed, control_commands
 from .commands.core import CoreContext, core_commands, negotiation_commands
 from .commands.jobs import job_commands
+from .control import Control
 from .errors import ConfigError, QMPError
 from .events import Event, EventBus
 from .jobs import JobManager
@@ -98,12 +100,16 @@ class App:
             prepare_quit=self.prepare_quit,
             request_stop=self.request_stop,
         )
+        # Extensions (x-qmpjobd-*): holds, faults, job history.
+        self.control = Control(self.jobs, self.graph, self.bus)
         commands: list[tuple[str, Handler]] = [
             *blockjob_commands(self.blockjobs),
             *block_commands(self.graph),
             *job_commands(self.jobs),
             *core_commands(self.core),
+            *control_commands(self.control),
         ]
+        commands = attributed(self.control, commands)
         self.negotiation_table = CommandTable(
             self.schemas, negotiation_commands(self.core), negotiation=True
         )

@@ -66,6 +66,8 @@ FORBIDDEN: dict[str, set[str]] = {
     },
     "blockjobs": {"wire", "protocol", "schema", "session", "server", "commands", "app", "cli"},
     "commands": {"session", "server", "app", "cli"},
+    # The x-qmpjobd-* extensions' domain: above jobs, blockjobs and block.
+    "control": {"wire", "protocol", "schema", "session", "server", "commands", "app", "cli"},
     "session": {"jobs", "block", "blockjobs", "server", "app", "cli"},
     "server": {"jobs", "block", "blockjobs", "app", "cli"},
 }
@@ -101,6 +103,7 @@ FORBIDDEN_STDLIB: dict[str, set[str]] = {
     # block may use json: QEMU names some nodes by "json:{...}" pseudo-filenames.
     "block": {"socket"},
     "blockjobs": {"socket", "json"},
+    "control": {"socket", "json"},
     "events": {"socket", "json", "asyncio"},
 }
 

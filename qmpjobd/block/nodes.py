@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ..wire.qdict import qdict_order, qemu_order
 from .blkdebug import Blkdebug
+from .faults import NodeFaults
 from .json_filename import json_filename
 
 SECTOR = 512
@@ -121,6 +122,8 @@ class BlockNode:
         #: then answers "Node %s is in use"
         self.backends = 0
         self._order = 0  # position in the graph, set when the node gets its name
+        #: Injected faults (an extension), None until one is set.
+        self.faults: NodeFaults | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.node_name!r}>"
@@ -169,6 +172,8 @@ class BlockNode:
         :raise OSError: the request is out of range or the I/O failed.
         """
         self._check_request(offset, length)
+        if self.faults:
+            self.faults.check("read", offset, length)
         return await self._read(offset, length)
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -177,6 +182,8 @@ class BlockNode:
         :raise OSError: out of range, read-only node, or the I/O failed.
         """
         self._check_write(offset, len(data))
+        if self.faults:
+            self.faults.check("write", offset, len(data))
         self._debug_event("pwritev")
         try:
             await self._write(offset, data)
@@ -189,6 +196,8 @@ class BlockNode:
         :raise OSError: out of range, read-only node, or the I/O failed.
         """
         self._check_write(offset, length)
+        if self.faults:
+            self.faults.check("write", offset, length)
         self._debug_event("pwritev_zero")
         try:
             await self._write_zeroes(offset, length)
@@ -202,6 +211,8 @@ class BlockNode:
         """
         if self.closed:
             raise _os_error(errno_mod.ENOMEDIUM)
+        if self.faults:
+            self.faults.check("flush", 0, 0)
         await self._flush()
 
     async def block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
@@ -219,6 +230,11 @@ class BlockNode:
             raise _os_error(errno_mod.EINVAL)
         self._check_request(offset, length)
         return await self._block_status(offset, length)
+
+    @property
+    def faulty(self) -> bool:
+        """Faults are set on this node or on a node below it."""
+        return bool(self.faults) or any(child.faulty for child in self.children.values())
 
     def file_path(self) -> Path | None:
         """The file behind this node when its bytes are that file's bytes at offset 0."""

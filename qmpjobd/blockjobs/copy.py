@@ -267,7 +267,7 @@ class Copier:
         if not self._fast_tried:
             await self._open_fast_path()
         files = self._files
-        if files is not None:
+        if files is not None and not (self.source.faulty or self.target.faulty):
             await self.with_policy(
                 lambda: self._guard("write", self._run(files.copy, ext.offset, ext.length))
             )
@@ -291,11 +291,17 @@ class Copier:
         """Copy ``[start, end)`` chunk by chunk; ``False`` when cancelled."""
         pos = start
         while pos < end:
+            await self.job.hold_point("progress")
             await self.throttle()
             if self.job.is_cancelled:
                 return False
+            limit = min(self.chunk, end - pos)
+            # An extension's hold at a progress offset: stop the chunk there.
+            stop = self.job.progress_limit()
+            if stop is not None and stop > 0:
+                limit = min(limit, stop)
             try:
-                ext = await self.extent(pos, min(self.chunk, end - pos))
+                ext = await self.extent(pos, limit)
                 await self.copy(ext)
             except Cancelled:
                 return False

@@ -164,6 +164,7 @@ class MirrorDriver(BlockJobDriver):
                 done = await copier.copy_all(0, size, lambda e: job.progress_update(e.length))
                 if not done or not await copier.flush():
                     return
+            await job.hold_point("ready")
             job.transition_to_ready()
             while not (job.should_complete or job.cancel_requested):
                 await job.sleep(IDLE_SECONDS)

@@ -8,6 +8,7 @@ May import only: qmpjobd.errors, qmpjobd.events, qmpjobd.clock.
 """
 
 from .driver import JobDriver, JobFailure
+from .gate import HoldSite, JobGate
 from .job import (
     ErrorAction,
     IoOperation,
@@ -35,11 +36,13 @@ __all__ = [
     "TRANSITIONS",
     "VERB_TABLE",
     "ErrorAction",
+    "HoldSite",
     "IoOperation",
     "IoStatus",
     "Job",
     "JobDriver",
     "JobFailure",
+    "JobGate",
     "JobInfo",
     "JobListener",
     "JobManager",

@@ -27,6 +27,7 @@ from ..errors import QMPError
 from ..events import EventBus
 from . import txn as _txn
 from .driver import JobDriver, JobFailure
+from .gate import JobGate
 from .job import Job, JobStateError, set_status
 from .listener import JobListener
 from .tables import JobStatus, JobVerb, verb_allowed
@@ -138,6 +139,8 @@ class JobManager:
         self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
         self._listeners: tuple[JobListener, ...] = ()
+        #: An extension that holds jobs at their yield points (None: never).
+        self.gate: JobGate | None = None
 
     def add_listener(self, listener: JobListener) -> None:
         """Have ``listener`` told about every job's life from now on."""
@@ -162,6 +165,16 @@ class JobManager:
         change, self._change = self._change, None
         if change is not None and not change.done():
             change.set_result(None)
+
+    def _job_kicked(self, job: Job) -> None:
+        """A job held after its run was woken: its completion runs now,
+        unless the gate still holds it."""
+        gate = self.gate
+        if gate is not None and gate.should_hold(job, "completion"):
+            return
+        job.unhold()
+        if not job.completed:
+            _txn.job_completed(self, job)
 
     async def _wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait, without polling, until ``predicate()`` holds after some job change."""
@@ -298,7 +311,9 @@ class JobManager:
             job.ret = -_errno.EIO
             job.error = f"Internal error: {type(exc).__name__}"
         job.end_run()
-        _txn.job_completed(self, job)
+        await job.hold_point("completion")
+        if not job.completed:  # a transaction abort may have finished it meanwhile
+            _txn.job_completed(self, job)
 
     # ------------------------------------------------------------ user verbs
 

@@ -1,0 +1,119 @@
+"""The ``x-qmpjobd-*`` extension commands (control for people who test
+management layers), and the wrapper that tells the job history which
+command, from which monitor, caused a status change.
+
+Every one is listed in query-qmp-schema with the ``unstable`` feature.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from ..control import Control
+from . import Handler, SessionControl
+
+
+def control_commands(control: Control) -> list[tuple[str, Handler]]:
+    holds = control.holds
+    faults = control.faults
+
+    def hold(session: SessionControl, args: dict[str, Any]) -> Any:
+        added = holds.add(args["job"], status=args.get("status"), offset=args.get("offset"))
+        return {"hold": added.number}
+
+    def release(session: SessionControl, args: dict[str, Any]) -> Any:
+        holds.release(args["job"], args.get("hold"))
+        return {}
+
+    def step(session: SessionControl, args: dict[str, Any]) -> Any:
+        return {"hold": holds.step(args["job"], args["bytes"]).number}
+
+    def query_holds(session: SessionControl, args: dict[str, Any]) -> Any:
+        return holds.query()
+
+    def fault(session: SessionControl, args: dict[str, Any]) -> Any:
+        added = faults.add(
+            args["node"],
+            args["op"],
+            errno=args.get("errno", 5),
+            offset=args.get("offset"),
+            nth=args.get("nth", 1),
+            always=args.get("always", False),
+        )
+        return {"fault": added.number}
+
+    def clear_faults(session: SessionControl, args: dict[str, Any]) -> Any:
+        faults.clear(args.get("node"), args.get("fault"))
+        return {}
+
+    def query_faults(session: SessionControl, args: dict[str, Any]) -> Any:
+        return faults.query()
+
+    def query_history(session: SessionControl, args: dict[str, Any]) -> Any:
+        return control.history.query(args["job"])
+
+    return [
+        ("x-qmpjobd-hold", hold),
+        ("x-qmpjobd-release", release),
+        ("x-qmpjobd-step", step),
+        ("x-qmpjobd-query-holds", query_holds),
+        ("x-qmpjobd-fault", fault),
+        ("x-qmpjobd-clear-faults", clear_faults),
+        ("x-qmpjobd-query-faults", query_faults),
+        ("x-qmpjobd-query-history", query_history),
+    ]
+
+
+def attributed(
+    control: Control, commands: Iterable[tuple[str, Handler]]
+) -> list[tuple[str, Handler]]:
+    """Wrap every handler so the job history knows what caused a change.
+
+    A synchronous handler is marked while it runs; an async one while each of
+    its steps runs (not while it waits: jobs then act on their own).
+    """
+    return [(name, _attributed(control, name, handler)) for name, handler in commands]
+
+
+def _attributed(control: Control, name: str, handler: Handler) -> Handler:
+    history = control.history
+
+    def run(session: SessionControl, args: dict[str, Any]) -> Any:
+        monitor = getattr(session, "number", None)
+        with history.cause(name, monitor):
+            result = handler(session, args)
+        if type(result) is types.CoroutineType:
+            return _marked(result, functools.partial(history.cause, name, monitor))
+        return result
+
+    return run
+
+
+Mark = Callable[[], AbstractContextManager[None]]
+
+
+async def _marked(coro: Coroutine[Any, Any, Any], mark: Mark) -> Any:
+    return await _stepped(coro, mark)
+
+
+@types.coroutine
+def _stepped(coro: Coroutine[Any, Any, Any], mark: Mark) -> Generator[Any, Any, Any]:
+    """Run ``coro`` step by step, each step inside ``mark()``."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            with mark():
+                yielded = coro.throw(error) if error is not None else coro.send(value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = yield yielded
+            error = None
+        except BaseException as exc:
+            value = None
+            error = exc

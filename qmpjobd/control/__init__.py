@@ -1,0 +1,37 @@
+"""Control for people who test management layers: the ``x-qmpjobd-*``
+extension commands' domain.
+
+* :class:`Holds` (``x-qmpjobd-hold``, ``-release``, ``-step``,
+  ``-query-holds``): hold a job where QEMU's job yields;
+* :class:`Faults` (``x-qmpjobd-fault``, ``-clear-faults``,
+  ``-query-faults``): fail a node's next read, write or flush;
+* :class:`History` (``x-qmpjobd-query-history``): a job's status changes,
+  their causes and the events sent.
+
+Unused, none of them changes what a QMP client sees.
+
+Must not import: sockets, JSON, wire, protocol, schema, session, server.
+"""
+
+from __future__ import annotations
+
+from ..block import BlockGraph
+from ..events import EventBus
+from ..jobs import JobManager
+from .faults import Faults
+from .history import History
+from .holds import HOLDABLE, REFUSED, Hold, Holds
+
+
+class Control:
+    """Every extension's state, wired into the engine (the hold gate)."""
+
+    def __init__(self, jobs: JobManager, graph: BlockGraph, bus: EventBus) -> None:
+        self.jobs = jobs
+        self.holds = Holds(jobs)
+        self.faults = Faults(graph)
+        self.history = History(bus)
+        jobs.gate = self.holds
+
+
+__all__ = ["HOLDABLE", "REFUSED", "Control", "Faults", "History", "Hold", "Holds"]
