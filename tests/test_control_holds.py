@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from .support.blockjobs import J, JobClient, add_null, blip, done
+from .support.control import wait_held
 
 pytestmark = pytest.mark.timeout(20)
 MiB = 1 << 20
@@ -20,15 +20,6 @@ async def c(sock: Path) -> AsyncIterator[JobClient]:
     client = await JobClient.connect(sock)
     yield client
     await client.close()
-
-
-async def wait_held(c: JobClient, job: str) -> dict[str, Any]:
-    for _ in range(1000):
-        for hold in await c.ok("x-qmpjobd-query-holds"):
-            if hold["job"] == job and hold["held"]:
-                return dict(hold)
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"job {job} never held")
 
 
 async def nodes(c: JobClient, size: int = MiB) -> None:

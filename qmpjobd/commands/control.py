@@ -86,6 +86,9 @@ def _attributed(control: Control, name: str, handler: Handler) -> Handler:
         monitor = getattr(session, "number", None)
         with history.cause(name, monitor):
             result = handler(session, args)
+        job = args.get("id", args.get("device", args.get("job")))
+        if isinstance(job, str):
+            history.requested(job, name, monitor)
         if type(result) is types.CoroutineType:
             return _marked(result, functools.partial(history.cause, name, monitor))
         return result

@@ -4,7 +4,9 @@ events sent while the job was in that status.
 :class:`History` listens to the event bus. A status change is attributed to
 the command (and the monitor that sent it) running when the change
 happened: the command layer marks that span with :meth:`History.cause`.
-Changes the job makes on its own (its run, its completion) name no command.
+A change the job makes on its own right after a command asked it for one
+(a pause, a cancel, a complete) names that command; other changes of its
+own (its run, its completion) name none.
 A job's history starts at ``created``; the histories of the last
 :data:`KEEP` job ids are kept after the jobs went away.
 """
@@ -26,6 +28,7 @@ class History:
     def __init__(self, bus: EventBus) -> None:
         self._runs: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._cause: tuple[str, int | None] | None = None
+        self._requested: dict[str, tuple[str, int | None]] = {}
         bus.subscribe(self._event)
 
     @contextlib.contextmanager
@@ -36,6 +39,15 @@ class History:
             yield
         finally:
             self._cause = outer
+
+    def requested(self, job_id: str, command: str, monitor: int | None) -> None:
+        """``command`` acted on ``job_id`` without changing its status itself
+        (a pause, a cancel, a complete): the job's next change of its own is
+        its doing."""
+        changes = self._runs.get(job_id)
+        if changes and changes[-1]["command"] == command and changes[-1]["monitor"] == monitor:
+            return
+        self._requested[job_id] = (command, monitor)
 
     def _event(self, event: Event) -> None:
         data = event.data
@@ -53,7 +65,12 @@ class History:
             changes = self._runs.get(job_id)
             if changes is None:
                 return
-            command, monitor = self._cause if self._cause is not None else (None, None)
+            cause = self._cause
+            if cause is None:
+                cause = self._requested.pop(job_id, None)
+            else:
+                self._requested.pop(job_id, None)
+            command, monitor = cause if cause is not None else (None, None)
             changes.append(
                 {
                     "status": data.get("status"),
