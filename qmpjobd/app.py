@@ -256,6 +256,14 @@ class App:
 
     # -- run -----------------------------------------------------------------
 
+    async def serve_until_stopped(self) -> None:
+        """After :meth:`start`: serve until ``quit`` or :meth:`request_stop`,
+        then shut down (no signal handlers: a daemon in a test's thread)."""
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
     async def run(self) -> None:
         """Serve until SIGTERM, SIGINT, SIGHUP or ``quit``; SIGUSR1 logs the status."""
         loop = asyncio.get_running_loop()
