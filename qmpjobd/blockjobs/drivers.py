@@ -160,6 +160,9 @@ class MirrorDriver(BlockJobDriver):
         copier = self.copier(job)
         try:
             if self.copy_all:
+                # QEMU's mirror yields while it scans the source, before it
+                # knows its length: a hold at offset 0 stops it here (0 of 0).
+                await job.hold_point("progress")
                 job.progress_set_remaining(size)
                 done = await copier.copy_all(0, size, lambda e: job.progress_update(e.length))
                 if not done or not await copier.flush():
