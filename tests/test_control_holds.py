@@ -243,5 +243,6 @@ async def test_extension_commands_are_unstable_in_the_schema(c: JobClient) -> No
             "x-qmpjobd-clear-faults",
             "x-qmpjobd-query-faults",
             "x-qmpjobd-query-history",
+            "x-qmpjobd-guest-write",
         )
     }

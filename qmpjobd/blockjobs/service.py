@@ -374,6 +374,7 @@ class BlockJobService:
             source,
             target,
             copy_all=copy_all,
+            copy_mode=spec.copy_mode,
             zero_target=zero_target,
             clock=self.jobs.clock,
             executor=self.graph.executor,

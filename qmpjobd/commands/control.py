@@ -56,6 +56,12 @@ def control_commands(control: Control) -> list[tuple[str, Handler]]:
     def query_history(session: SessionControl, args: dict[str, Any]) -> Any:
         return control.history.query(args["job"])
 
+    async def guest_write(session: SessionControl, args: dict[str, Any]) -> Any:
+        await control.guest.write(
+            args["node"], args["offset"], args["length"], args.get("pattern", 0xA5)
+        )
+        return {}
+
     return [
         ("x-qmpjobd-hold", hold),
         ("x-qmpjobd-release", release),
@@ -65,6 +71,7 @@ def control_commands(control: Control) -> list[tuple[str, Handler]]:
         ("x-qmpjobd-clear-faults", clear_faults),
         ("x-qmpjobd-query-faults", query_faults),
         ("x-qmpjobd-query-history", query_history),
+        ("x-qmpjobd-guest-write", guest_write),
     ]
 
 

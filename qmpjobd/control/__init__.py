@@ -6,7 +6,9 @@ extension commands' domain.
 * :class:`Faults` (``x-qmpjobd-fault``, ``-clear-faults``,
   ``-query-faults``): fail a node's next read, write or flush;
 * :class:`History` (``x-qmpjobd-query-history``): a job's status changes,
-  their causes and the events sent.
+  their causes and the events sent;
+* :class:`GuestWriter` (``x-qmpjobd-guest-write``): write to a node as a
+  guest would, with mirrors tracking it.
 
 Unused, none of them changes what a QMP client sees.
 
@@ -19,6 +21,7 @@ from ..block import BlockGraph
 from ..events import EventBus
 from ..jobs import JobManager
 from .faults import Faults
+from .guest import GuestWriter
 from .history import History
 from .holds import HOLDABLE, REFUSED, Hold, Holds
 
@@ -31,7 +34,17 @@ class Control:
         self.holds = Holds(jobs)
         self.faults = Faults(graph)
         self.history = History(bus)
+        self.guest = GuestWriter(jobs, graph)
         jobs.gate = self.holds
 
 
-__all__ = ["HOLDABLE", "REFUSED", "Control", "Faults", "History", "Hold", "Holds"]
+__all__ = [
+    "HOLDABLE",
+    "REFUSED",
+    "Control",
+    "Faults",
+    "GuestWriter",
+    "History",
+    "Hold",
+    "Holds",
+]
