@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -15,11 +16,11 @@ from typing import Any
 from . import EMULATED_QEMU_VERSION, __version__, protocol
 from .block import BlockGraph
 from .blockjobs import BlockJobEvents, BlockJobService
-from .clock import Clock, SystemClock
+from .clock import DEFAULT_EPOCH, Clock, SystemClock, VirtualClock
 from .commands import CommandTable, Handler
 from .commands.block import block_commands
 from .commands.blockjobs import blockjob_commands
-from .commands.control import attributed, control_commands
+from .commands.control import attributed, control_commands, settled
 from .commands.core import CoreContext, core_commands, negotiation_commands
 from .commands.jobs import job_commands
 from .control import Control
@@ -63,6 +64,10 @@ class Config:
     blockdevs: Sequence[StartupBlockdev] = field(default_factory=list)
     #: The QEMU release to emulate; only 7.2.0 exists for now.
     qemu_version: tuple[int, int, int] = EMULATED_QEMU_VERSION
+    #: "system", or "virtual": time moves only when x-qmpjobd-advance-clock says so.
+    clock: str = "system"
+    #: Where a virtual clock starts (seconds since the Unix epoch).
+    clock_epoch: float = DEFAULT_EPOCH
 
 
 class _StartupControl:
@@ -80,7 +85,9 @@ class App:
 
     def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        if clock is None:
+            clock = VirtualClock(config.clock_epoch) if config.clock == "virtual" else SystemClock()
+        self.clock: Clock = clock
         self.schemas = SchemaSet()
         self.bus = EventBus(self.clock)
         self.jobs = JobManager(self.bus, self.clock)
@@ -101,7 +108,7 @@ class App:
             request_stop=self.request_stop,
         )
         # Extensions (x-qmpjobd-*): holds, faults, job history.
-        self.control = Control(self.jobs, self.graph, self.bus)
+        self.control = Control(self.jobs, self.graph, self.bus, self.clock)
         commands: list[tuple[str, Handler]] = [
             *blockjob_commands(self.blockjobs),
             *block_commands(self.graph),
@@ -110,6 +117,8 @@ class App:
             *control_commands(self.control),
         ]
         commands = attributed(self.control, commands)
+        if self.control.clock.virtual is not None:
+            commands = settled(self.control, commands)
         self.negotiation_table = CommandTable(
             self.schemas, negotiation_commands(self.core), negotiation=True
         )
@@ -196,7 +205,9 @@ class App:
                 options = self.schemas.keyval_arguments("blockdev-add", options)
             request = protocol.Request("blockdev-add", options, protocol.NO_ID, False)
             command = self.command_table.lookup(request)
-            command.handler(_StartupControl(), request.arguments)
+            result = command.handler(_StartupControl(), request.arguments)
+            if inspect.iscoroutine(result):  # settling (virtual clock): nothing runs yet
+                result.close()
         except QMPError as exc:
             raise ConfigError(f"--blockdev {blockdev.text}: {exc.desc}") from None
 

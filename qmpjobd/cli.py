@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from . import __version__, systemd, wire
 from .app import App, Config, StartupBlockdev
+from .clock import DEFAULT_EPOCH
 from .errors import ConfigError
 from .keyval import parse_keyval, parse_opts
 
@@ -109,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run in the background; the command returns once the daemon listens,"
         " or fails with its start-up error",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("system", "virtual"),
+        default="system",
+        help="system (default), or virtual: time moves only when the"
+        " x-qmpjobd-advance-clock command says so, and the daemon settles after every"
+        " command, so a test script gives the same transcript on every run",
+    )
+    parser.add_argument(
+        "--clock-epoch",
+        type=float,
+        default=DEFAULT_EPOCH,
+        metavar="SECONDS",
+        help=f"where the virtual clock starts, in seconds since 1970 (default {DEFAULT_EPOCH})",
     )
     parser.add_argument("-V", "--version", action="version", version=f"qmpjobd {__version__}")
     qsd = parser.add_argument_group(
@@ -318,6 +334,8 @@ def make_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
         allow_paths=[Path(os.path.abspath(p)) for p in args.allow_paths],
         passed_sockets=passed,
         notify_socket=notify if notify and notify.startswith(("/", "@")) else None,
+        clock=args.clock,
+        clock_epoch=args.clock_epoch,
     )
 
 

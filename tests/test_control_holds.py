@@ -244,5 +244,7 @@ async def test_extension_commands_are_unstable_in_the_schema(c: JobClient) -> No
             "x-qmpjobd-query-faults",
             "x-qmpjobd-query-history",
             "x-qmpjobd-guest-write",
+            "x-qmpjobd-advance-clock",
+            "x-qmpjobd-query-clock",
         )
     }

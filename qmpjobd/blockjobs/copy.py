@@ -217,7 +217,8 @@ class Copier:
     async def throttle(self) -> None:
         """The rate-limit wait before a chunk; also a pause point."""
         while True:
-            delay = self.limiter.delay()
+            # A step (an extension) copies its bytes at once, whatever the limit.
+            delay = 0.0 if self.job.stepping else self.limiter.delay()
             if delay <= 0:
                 await self.job.pause_point()
                 return

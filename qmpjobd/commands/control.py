@@ -56,6 +56,12 @@ def control_commands(control: Control) -> list[tuple[str, Handler]]:
     def query_history(session: SessionControl, args: dict[str, Any]) -> Any:
         return control.history.query(args["job"])
 
+    async def advance_clock(session: SessionControl, args: dict[str, Any]) -> Any:
+        return await control.clock.advance(args["ns"])
+
+    def query_clock(session: SessionControl, args: dict[str, Any]) -> Any:
+        return control.clock.query()
+
     async def guest_write(session: SessionControl, args: dict[str, Any]) -> Any:
         await control.guest.write(
             args["node"], args["offset"], args["length"], args.get("pattern", 0xA5)
@@ -72,6 +78,8 @@ def control_commands(control: Control) -> list[tuple[str, Handler]]:
         ("x-qmpjobd-query-faults", query_faults),
         ("x-qmpjobd-query-history", query_history),
         ("x-qmpjobd-guest-write", guest_write),
+        ("x-qmpjobd-advance-clock", advance_clock),
+        ("x-qmpjobd-query-clock", query_clock),
     ]
 
 
@@ -84,6 +92,26 @@ def attributed(
     its steps runs (not while it waits: jobs then act on their own).
     """
     return [(name, _attributed(control, name, handler)) for name, handler in commands]
+
+
+def settled(control: Control, commands: Iterable[tuple[str, Handler]]) -> list[tuple[str, Handler]]:
+    """Under the virtual clock: every command settles the daemon before its
+    reply, so the next request (of any monitor) finds it settled."""
+    return [(name, _settled(control, handler)) for name, handler in commands]
+
+
+def _settled(control: Control, handler: Handler) -> Handler:
+    def run(session: SessionControl, args: dict[str, Any]) -> Any:
+        return _settle_after(control, handler(session, args))
+
+    return run
+
+
+async def _settle_after(control: Control, result: Any) -> Any:
+    if type(result) is types.CoroutineType:
+        result = await result
+    await control.clock.settle()
+    return result
 
 
 def _attributed(control: Control, name: str, handler: Handler) -> Handler:

@@ -8,7 +8,9 @@ extension commands' domain.
 * :class:`History` (``x-qmpjobd-query-history``): a job's status changes,
   their causes and the events sent;
 * :class:`GuestWriter` (``x-qmpjobd-guest-write``): write to a node as a
-  guest would, with mirrors tracking it.
+  guest would, with mirrors tracking it;
+* :class:`ClockControl` (``x-qmpjobd-advance-clock``, ``-query-clock``):
+  the virtual clock, and settling after every command under it.
 
 Unused, none of them changes what a QMP client sees.
 
@@ -18,19 +20,24 @@ Must not import: sockets, JSON, wire, protocol, schema, session, server.
 from __future__ import annotations
 
 from ..block import BlockGraph
+from ..clock import Clock, SystemClock
 from ..events import EventBus
 from ..jobs import JobManager
 from .faults import Faults
 from .guest import GuestWriter
 from .history import History
 from .holds import HOLDABLE, REFUSED, Hold, Holds
+from .vclock import ClockControl
 
 
 class Control:
     """Every extension's state, wired into the engine (the hold gate)."""
 
-    def __init__(self, jobs: JobManager, graph: BlockGraph, bus: EventBus) -> None:
+    def __init__(
+        self, jobs: JobManager, graph: BlockGraph, bus: EventBus, clock: Clock | None = None
+    ) -> None:
         self.jobs = jobs
+        self.clock = ClockControl(jobs, clock if clock is not None else SystemClock())
         self.holds = Holds(jobs)
         self.faults = Faults(graph)
         self.history = History(bus)
@@ -41,6 +48,7 @@ class Control:
 __all__ = [
     "HOLDABLE",
     "REFUSED",
+    "ClockControl",
     "Control",
     "Faults",
     "GuestWriter",

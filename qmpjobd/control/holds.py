@@ -109,6 +109,12 @@ class Holds:
     def job_held(self, job: Job, site: HoldSite) -> None:
         pass
 
+    def stepping(self, job: Job) -> bool:
+        return any(
+            h.step and h.job == job.id and h.offset is not None and h.offset > job.current_progress
+            for h in self._holds
+        )
+
     def progress_limit(self, job: Job) -> int | None:
         ahead = [
             h.offset - job.current_progress

@@ -35,6 +35,10 @@ class JobGate(Protocol):
         """``job`` starts waiting at ``site``."""
         ...
 
+    def stepping(self, job: Job) -> bool:
+        """``job`` copies a step: no rate limit until it is held again."""
+        ...
+
     def progress_limit(self, job: Job) -> int | None:
         """Progress units a copy loop may still do before it must stop at a
         hold (None: no limit)."""

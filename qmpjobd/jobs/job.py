@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..events import EventBus
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from .txn import Transaction
 
 log = logging.getLogger(__name__)
+
+
+class Cancellable(Protocol):
+    """A timer: asyncio's, or a virtual clock's."""
+
+    def cancel(self) -> None: ...
 
 IoStatus = Literal["ok", "failed", "nospace"]
 IoOperation = Literal["read", "write"]
@@ -54,6 +61,8 @@ class JobHost(Protocol):
     def gate(self) -> JobGate | None: ...
 
     def _job_kicked(self, job: Job) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable: ...
 
 
 def set_status(job: Job, new: JobStatus) -> None:
@@ -120,7 +129,7 @@ class Job:
         self._parked = False
         self._parked_from = JobStatus.UNDEFINED
         self._waker: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         #: where a gate holds the job now (see jobs/gate.py), and the
         #: future a job held after its run waits on
         self.held_at: HoldSite | None = None
@@ -240,6 +249,12 @@ class Job:
         if self._hold_waker is not None and not self._hold_waker.done():
             self._hold_waker.set_result(None)
 
+    @property
+    def stepping(self) -> bool:
+        """The job copies a step (an extension): its copy loop does not throttle."""
+        gate = self._host.gate
+        return gate is not None and gate.stepping(self)
+
     def progress_limit(self) -> int | None:
         """Progress units a copy loop may do before a hold stops it (None: no limit)."""
         gate = self._host.gate
@@ -334,7 +349,7 @@ class Job:
         loop = asyncio.get_running_loop()
         self._waker = loop.create_future()
         if timeout is not None:
-            self._timer = loop.call_later(timeout, self._timer_fired)
+            self._timer = self._host.call_later(timeout, self._timer_fired)
         self._busy = False
         self._host._job_activity()
 

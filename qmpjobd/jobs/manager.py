@@ -22,13 +22,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..clock import Clock
+from ..clock import Clock, VirtualClock
 from ..errors import QMPError
 from ..events import EventBus
 from . import txn as _txn
 from .driver import JobDriver, JobFailure
 from .gate import JobGate
-from .job import Job, JobStateError, set_status
+from .job import Cancellable, Job, JobStateError, set_status
 from .listener import JobListener
 from .tables import JobStatus, JobVerb, verb_allowed
 from .txn import Transaction
@@ -165,6 +165,12 @@ class JobManager:
         change, self._change = self._change, None
         if change is not None and not change.done():
             change.set_result(None)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """A job's timer: on the virtual clock when there is one, else the loop's."""
+        if isinstance(self.clock, VirtualClock):
+            return self.clock.call_later(delay, callback)
+        return asyncio.get_running_loop().call_later(delay, callback)
 
     def _job_kicked(self, job: Job) -> None:
         """A job held after its run was woken: its completion runs now,

@@ -188,18 +188,22 @@ class Daemon:
 
 def _config(socket: Path, options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     clock = options.pop("clock", "system")
-    if clock != "system":
+    if clock not in ("system", "virtual"):
         raise ValueError(f"unknown clock {clock!r}")
+    extra: dict[str, Any] = {}
+    if "epoch" in options:
+        extra["clock_epoch"] = float(options.pop("epoch"))
     if options:
         raise TypeError(f"unknown qmpjobd options: {sorted(options)}")
-    return Config(sockets=[socket]), {}
+    return Config(sockets=[socket], clock=clock, **extra), {}
 
 
 @contextlib.contextmanager
 def start_daemon(**options: Any) -> Iterator[Daemon]:
     """Run a daemon on a private socket until the block ends.
 
-    :param clock: ``"system"`` (the default).
+    :param clock: ``"system"`` (the default) or ``"virtual"``.
+    :param epoch: where a virtual clock starts (seconds since 1970).
     """
     folder = Path(tempfile.mkdtemp(prefix="qj-"))
     socket = folder / "qmp.sock"
