@@ -42,9 +42,13 @@ def _event(message: Any) -> Event:
 class Monitor:
     """One QMP connection of the test (see the module doc)."""
 
-    def __init__(self, client: QMPClient, listener: EventListener) -> None:
+    def __init__(
+        self, client: QMPClient, listener: EventListener, *, timestamps: bool = False
+    ) -> None:
         self.client = client
         self._listener = listener
+        #: whether the transcript shows the events' timestamps (virtual clock)
+        self.timestamps = timestamps
         self.transcript: list[str] = []
 
     # -- commands -------------------------------------------------------------
@@ -77,7 +81,7 @@ class Monitor:
         """The next event (consumed), as ``(name, data)``."""
         message = await asyncio.wait_for(self._listener.get(), timeout)
         name, data = _event(message)
-        self.transcript.append(f"<- event {name} {_line(data)}")
+        self._record(message, name, data)
         return name, data
 
     async def wait_event(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
@@ -103,8 +107,15 @@ class Monitor:
         out = []
         for message in self._listener.clear():
             out.append(_event(message))
-            self.transcript.append(f"<- event {out[-1][0]} {_line(out[-1][1])}")
+            self._record(message, *out[-1])
         return out
+
+    def _record(self, message: Any, name: str, data: dict[str, Any]) -> None:
+        line = f"<- event {name} {_line(data)}"
+        if self.timestamps:
+            stamp = message.get("timestamp") or {}
+            line += f" @{stamp.get('seconds')}.{stamp.get('microseconds', 0):06d}"
+        self.transcript.append(line)
 
     # -- extensions -----------------------------------------------------------
 
@@ -147,9 +158,10 @@ class Monitor:
 class _Connect:
     """``await daemon.monitor()`` or ``async with daemon.monitor() as m``."""
 
-    def __init__(self, socket: Path, name: str) -> None:
+    def __init__(self, socket: Path, name: str, timestamps: bool) -> None:
         self._socket = socket
         self._name = name
+        self._timestamps = timestamps
         self._monitor: Monitor | None = None
 
     async def _open(self) -> Monitor:
@@ -157,7 +169,7 @@ class _Connect:
         listener = EventListener()
         client.register_listener(listener)
         await client.connect(str(self._socket))
-        return Monitor(client, listener)
+        return Monitor(client, listener, timestamps=self._timestamps)
 
     def __await__(self) -> Any:
         return self._open().__await__()
@@ -183,7 +195,8 @@ class Daemon:
     def monitor(self, name: str | None = None) -> _Connect:
         """Connect a :class:`Monitor` (await it, or use it with ``async with``)."""
         self._count += 1
-        return _Connect(self.socket, name or f"test-{self._count}")
+        virtual = self.app.control.clock.virtual is not None
+        return _Connect(self.socket, name or f"test-{self._count}", virtual)
 
 
 def _config(socket: Path, options: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
