@@ -133,3 +133,27 @@ async def test_the_same_script_gives_a_byte_identical_transcript(sock_dir: Path)
     assert b'"timestamp": {"seconds": 1700000000, "microseconds": 0}' in first
     for run in range(1, 5):
         assert await _transcript(sock_dir, run) == first
+
+
+def test_the_command_line_starts_a_virtual_clock_at_its_epoch(sock_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from qmpjobd.cli import build_parser, make_config
+
+    args = build_parser().parse_args(
+        ["--socket", str(sock_dir / "q.sock"), "--clock", "virtual", "--clock-epoch", "1234.5"]
+    )
+    config = make_config(args, {})
+    assert (config.clock, config.clock_epoch) == ("virtual", 1234.5)
+    app = App(config)
+    assert app.clock.wall() == (1234, 500_000)
+    app.graph.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "qmpjobd", "--socket", "x", "--clock", "sundial"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert "argument --clock: invalid choice: 'sundial'" in out.stderr
