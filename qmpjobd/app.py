@@ -117,8 +117,10 @@ class App:
             *control_commands(self.control),
         ]
         commands = attributed(self.control, commands)
-        if self.control.clock.virtual is not None:
+        virtual = self.control.clock.virtual
+        if virtual is not None:
             commands = settled(self.control, commands)
+            self.graph._ctx.sleep = virtual.sleep  # latency-ns on the virtual clock
         self.negotiation_table = CommandTable(
             self.schemas, negotiation_commands(self.core), negotiation=True
         )

@@ -157,3 +157,35 @@ def test_the_command_line_starts_a_virtual_clock_at_its_epoch(sock_dir: Path) ->
     )
     assert out.returncode == 1
     assert "argument --clock: invalid choice: 'sundial'" in out.stderr
+
+
+@pytest.mark.qmpjobd(clock="virtual")
+async def test_latency_takes_virtual_time_and_a_drain_takes_it_too(qmpjobd: Daemon) -> None:
+    async with qmpjobd.monitor() as qmp:
+        await qmp.cmd("blockdev-add", driver="null-co", size=MiB, **{"node-name": "src"})
+        await qmp.cmd("blockdev-add", driver="null-co", size=MiB, **{"node-name": "tgt2"})
+        # Every request to the target takes 100 ms of virtual time.
+        await qmp.cmd(
+            "blockdev-add",
+            driver="null-co",
+            size=MiB,
+            **{"node-name": "tgt", "latency-ns": 100_000_000},
+        )
+        await qmp.cmd("blockdev-backup", device="src", target="tgt", sync="full", **{"job-id": "b"})
+        # Settled with the first write in flight: nothing moves without the clock.
+        [job] = await qmp.cmd("query-block-jobs")
+        assert (job["offset"], job["busy"]) == (0, True)
+        await qmp.cmd("x-qmpjobd-advance-clock", ns=100_000_000)
+        [job] = await qmp.cmd("query-block-jobs")
+        assert job["offset"] == MiB
+        # The flush is in flight now; a second backup drains the first: the
+        # drain waits for the flush, and that takes its 100 ms of virtual time.
+        before = (await qmp.cmd("x-qmpjobd-query-clock"))["elapsed-ns"]
+        await qmp.cmd(
+            "blockdev-backup", device="src", target="tgt2", sync="full", **{"job-id": "b2"}
+        )
+        after = (await qmp.cmd("x-qmpjobd-query-clock"))["elapsed-ns"]
+        assert (before, after) == (100_000_000, 200_000_000)
+        await qmp.wait_status("b", "null")
+        await qmp.cmd("x-qmpjobd-advance-clock", ns=1_000_000_000)
+        await qmp.wait_status("b2", "null")

@@ -18,7 +18,7 @@ import asyncio
 import errno as errno_mod
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -84,6 +84,9 @@ class IOContext:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        #: How a node waits out a delay (``latency-ns``): a virtual clock's
+        #: sleep under ``--clock virtual``.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -361,7 +364,7 @@ class NullNode(BlockNode):
 
     async def _delay(self) -> None:
         if self.latency_ns:
-            await asyncio.sleep(self.latency_ns / 1e9)
+            await self._ctx.sleep(self.latency_ns / 1e9)
 
     async def _read(self, offset: int, length: int) -> bytes:
         await self._delay()

@@ -109,7 +109,7 @@ def _settled(control: Control, handler: Handler) -> Handler:
 
 async def _settle_after(control: Control, result: Any) -> Any:
     if type(result) is types.CoroutineType:
-        result = await result
+        result = await control.clock.wait_command(result)
     await control.clock.settle()
     return result
 

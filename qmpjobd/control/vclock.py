@@ -12,6 +12,7 @@ same transcript.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from ..clock import Clock, VirtualClock
@@ -40,11 +41,36 @@ class ClockControl:
         quiet = 0
         while quiet < _QUIET_PASSES:
             await asyncio.sleep(0)
-            if any(job.busy for job in self.jobs.jobs_newest_first()):
+            if self._moving():
                 quiet = 0
                 await asyncio.sleep(_IO_POLL_SECONDS)
             else:
                 quiet += 1
+
+    def _moving(self) -> bool:
+        """Some job is busy other than in a virtual sleep (a request's latency)."""
+        clock = self.virtual
+        busy = sum(job.busy for job in self.jobs.jobs_newest_first())
+        return clock is not None and busy > clock.sleepers
+
+    async def wait_command(self, command: Awaitable[Any]) -> Any:
+        """Await a command that may wait on virtual time (a drain waiting for a
+        request's latency, a guest write to a slow node): when nothing else
+        can move, the clock moves on to the next timer, as the time the
+        command takes."""
+        clock = self.virtual
+        task = asyncio.ensure_future(command)
+        if clock is None:
+            return await task
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_IO_POLL_SECONDS)
+            if done:
+                return task.result()
+            if clock.sleepers and not self._moving():
+                deadline = clock.next_deadline()
+                if deadline is not None:
+                    clock.set_now(deadline)
+                    clock.fire_due()
 
     def _require(self) -> VirtualClock:
         clock = self.virtual

@@ -26,6 +26,7 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from ..app import App, Config
+from ..protocol import event_timestamp
 
 Event = tuple[str, dict[str, Any]]
 
@@ -112,9 +113,9 @@ class Monitor:
 
     def _record(self, message: Any, name: str, data: dict[str, Any]) -> None:
         line = f"<- event {name} {_line(data)}"
-        if self.timestamps:
-            stamp = message.get("timestamp") or {}
-            line += f" @{stamp.get('seconds')}.{stamp.get('microseconds', 0):06d}"
+        stamp = event_timestamp(message) if self.timestamps else None
+        if stamp is not None:
+            line += f" @{stamp[0]}.{stamp[1]:06d}"
         self.transcript.append(line)
 
     # -- extensions -----------------------------------------------------------
