@@ -122,7 +122,7 @@ def _attributed(control: Control, name: str, handler: Handler) -> Handler:
         with history.cause(name, monitor):
             result = handler(session, args)
         job = args.get("id", args.get("device", args.get("job")))
-        if isinstance(job, str):
+        if isinstance(job, str) and _acts_on_jobs(name):
             history.requested(job, name, monitor)
         if type(result) is types.CoroutineType:
             return _marked(result, functools.partial(history.cause, name, monitor))
@@ -132,6 +132,13 @@ def _attributed(control: Control, name: str, handler: Handler) -> Handler:
 
 
 Mark = Callable[[], AbstractContextManager[None]]
+
+
+def _acts_on_jobs(command: str) -> bool:
+    """Commands that ask a job for a change it makes itself later."""
+    if command in ("x-qmpjobd-release", "x-qmpjobd-step"):
+        return True
+    return command.startswith(("job-", "block-job-")) and command != "block-job-set-speed"
 
 
 async def _marked(coro: Coroutine[Any, Any, Any], mark: Mark) -> Any:
