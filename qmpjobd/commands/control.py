@@ -116,14 +116,19 @@ async def _settle_after(control: Control, result: Any) -> Any:
 
 def _attributed(control: Control, name: str, handler: Handler) -> Handler:
     history = control.history
+    acts_on_jobs = _acts_on_jobs(name)
 
     def run(session: SessionControl, args: dict[str, Any]) -> Any:
         monitor = getattr(session, "number", None)
-        with history.cause(name, monitor):
+        outer = history.enter(name, monitor)
+        try:
             result = handler(session, args)
-        job = args.get("id", args.get("device", args.get("job")))
-        if isinstance(job, str) and _acts_on_jobs(name):
-            history.requested(job, name, monitor)
+        finally:
+            history.leave(outer)
+        if acts_on_jobs:
+            job = args.get("id", args.get("device", args.get("job")))
+            if isinstance(job, str):
+                history.requested(job, name, monitor)
         if type(result) is types.CoroutineType:
             return _marked(result, functools.partial(history.cause, name, monitor))
         return result

@@ -40,6 +40,15 @@ class History:
         finally:
             self._cause = outer
 
+    def enter(self, command: str, monitor: int | None) -> tuple[str, int | None] | None:
+        """:meth:`cause` without a context manager (every command goes through
+        here): returns what :meth:`leave` restores."""
+        outer, self._cause = self._cause, (command, monitor)
+        return outer
+
+    def leave(self, outer: tuple[str, int | None] | None) -> None:
+        self._cause = outer
+
     def requested(self, job_id: str, command: str, monitor: int | None) -> None:
         """``command`` acted on ``job_id`` without changing its status itself
         (a pause, a cancel, a complete): the job's next change of its own is
