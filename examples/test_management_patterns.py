@@ -24,7 +24,10 @@ from qemu.qmp import ExecuteError
 
 from qmpjobd.testing import Daemon, Monitor, start_daemon
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.qmpjobd(clock="virtual")]
+pytestmark = [
+    pytest.mark.asyncio,  # also where pytest-asyncio runs in strict mode
+    pytest.mark.qmpjobd(clock="virtual"),
+]
 MiB = 1 << 20
 SECOND = 1_000_000_000
 #: How long a client waits for an event before it gives up.
