@@ -1,0 +1,58 @@
+"""Several monitors at once, checked against a model of the daemon's books.
+
+Each test runs a batch of seeded interleavings (see
+:mod:`tests.concurrency_model`) on one in-process daemon. CI runs a bounded
+number; a longer run:
+
+    QMPJOBD_MODEL_RUNS=2000 QMPJOBD_MODEL_SEED=12345 pytest tests/test_concurrency_model.py
+
+or ``python -m tests.concurrency_model --runs 5000`` (a random first seed,
+printed). A failure names its seed; ``QMPJOBD_MODEL_SEED=S
+QMPJOBD_MODEL_RUNS=1`` reruns that one interleaving.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .concurrency_model import run_batch
+
+_RUNS_ENV = os.environ.get("QMPJOBD_MODEL_RUNS")
+_SEED = int(os.environ.get("QMPJOBD_MODEL_SEED", "20261205"))
+#: CI: three batches of this many, each on its own daemon and time-boxed.
+_CI_BATCH = 100
+_CI_BUDGET = 18.0
+
+
+def _describe(seed: int) -> str:
+    return (
+        f"seed {seed} (rerun: QMPJOBD_MODEL_SEED={seed} QMPJOBD_MODEL_RUNS=1 "
+        "pytest tests/test_concurrency_model.py)"
+    )
+
+
+@pytest.mark.skipif(_RUNS_ENV is not None, reason="QMPJOBD_MODEL_RUNS set: the long run instead")
+@pytest.mark.parametrize("batch", range(3))
+async def test_interleavings(batch: int, sock_dir: Path, tmp_path: Path) -> None:
+    first = _SEED + batch * _CI_BATCH
+    done = await run_batch(
+        range(first, first + _CI_BATCH),
+        sock_dir=sock_dir,
+        workdir=tmp_path,
+        time_budget=_CI_BUDGET,
+        describe=_describe,
+    )
+    assert done >= 10
+
+
+@pytest.mark.skipif(_RUNS_ENV is None, reason="set QMPJOBD_MODEL_RUNS for the long run")
+@pytest.mark.timeout(0)
+async def test_interleavings_long(sock_dir: Path, tmp_path: Path) -> None:
+    runs = int(_RUNS_ENV or 0)
+    done = await run_batch(
+        range(_SEED, _SEED + runs), sock_dir=sock_dir, workdir=tmp_path, describe=_describe
+    )
+    assert done == runs
