@@ -194,7 +194,17 @@ def start(spec: TargetSpec, monitors: int = 1) -> Running:
                 run.stop()
                 raise RuntimeError(f"{spec.name} did not create its socket in 30 s")
             time.sleep(0.005)
-    conn = SyncQMP(run.sock(0))
+    # The socket file appears at bind(); connections are refused until listen().
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = SyncQMP(run.sock(0))
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                run.stop()
+                raise
+            time.sleep(0.005)
     try:
         run.commands = {c["name"] for c in conn.execute("query-commands")}
     finally:
