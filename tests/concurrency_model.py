@@ -410,6 +410,9 @@ class ScriptMaker:
             args["auto-finalize"] = False
         if rng.random() < 0.25:
             args["auto-dismiss"] = False
+        for side in ("on-source-error", "on-target-error"):
+            if rng.random() < 0.2:
+                args[side] = rng.choice(["report", "stop", "enospc"])
         return args
 
     def two_nodes(self, k: int) -> tuple[str, str]:
@@ -457,8 +460,22 @@ class ScriptMaker:
                 args["latency-ns"] = 20_000_000
             if rng.random() < 0.06:
                 args["size"] = 2 * MiB
-        elif kind < 0.92:
+        elif kind < 0.87:
             args = {"driver": "file", "node-name": name, "filename": self.node_file(name)}
+        elif kind < 0.94:
+            # a faulty node: raw over blkdebug over null-co, failing reads or writes
+            rule: dict[str, Any] = {
+                "event": rng.choice(["read_aio", "write_aio"]),
+                "errno": rng.choice([5, 28]),
+            }
+            if rng.random() < 0.5:
+                rule["once"] = True
+            image = {"driver": "null-co", "size": MiB}
+            args = {
+                "driver": "raw",
+                "node-name": name,
+                "file": {"driver": "blkdebug", "inject-error": [rule], "image": image},
+            }
         else:
             args = {"driver": "raw", "node-name": name, "file": child}
         return Step("blockdev-add", args)
@@ -1024,6 +1041,58 @@ class Interleaving:
                 if name.startswith(f"t{self.seed}-"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.workdir / name)
+
+
+async def quit_while_busy(app: App, seed: int, workdir: Path) -> None:
+    """One monitor sends ``quit`` while the others are mid-script.
+
+    The books must balance at every reply up to the end, ``quit`` must
+    answer, and the daemon must then shut down within its deadlines with no
+    job, task or drained section left and nothing logged at error level.
+    """
+    it = Interleaving(app, seed, workdir, describe=lambda s: f"quit, seed {s}")
+    when = random.Random(f"{seed}/quit").choice([0.0, 0.002, 0.01, 0.03])
+    log = _ErrorLog()
+    logger = logging.getLogger("qmpjobd")
+    logger.addHandler(log)
+    path = str(app.config.sockets[0])
+    clients = [await ModelClient.connect(path, f"c{k}") for k in range(it.nclients)]
+    quitter = await ModelClient.connect(path, "quit")
+    try:
+
+        async def send_quit() -> None:
+            await asyncio.sleep(when)
+            it.trace.add("quit", "quit")
+            reply = await quitter.execute("quit")
+            it.trace.add("quit", f"quit => {_short(reply)}")
+            if reply != {"return": {}}:
+                it.fail("quit", [json.dumps(reply)])
+
+        runs = [it.run_client(k, c) for k, c in enumerate(clients)]
+        results = await asyncio.gather(send_quit(), *runs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, ModelFailure):
+                raise result
+        if isinstance(results[0], BaseException):
+            it.fail("quit failed", [repr(results[0])])
+        await asyncio.wait_for(app._stop.wait(), 5)
+        await asyncio.wait_for(app.shutdown(), 15)
+        problems = []
+        if app.jobs._jobs:
+            problems.append(f"jobs left: {sorted(app.jobs._jobs)}")
+        if app.jobs._tasks:
+            problems.append(f"job tasks left: {[j.id for j in app.jobs._tasks]}")
+        if drain_sections(app):
+            problems.append("drained sections left open")
+        if app.server.sessions:
+            problems.append(f"sessions left: {app.server.sessions}")
+        problems += [r.getMessage() for r in log.records]
+        if problems:
+            it.fail("after quit", problems)
+    finally:
+        logger.removeHandler(log)
+        for client in [*clients, quitter]:
+            await client.close()
 
 
 def prepare_workdir(workdir: Path, clients: int = 4) -> None:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .concurrency_model import run_batch
+from qmpjobd.app import App, Config
+
+from .concurrency_model import prepare_workdir, quit_while_busy, run_batch
 
 _RUNS_ENV = os.environ.get("QMPJOBD_MODEL_RUNS")
 _SEED = int(os.environ.get("QMPJOBD_MODEL_SEED", "20261205"))
@@ -56,3 +58,15 @@ async def test_interleavings_long(sock_dir: Path, tmp_path: Path) -> None:
         range(_SEED, _SEED + runs), sock_dir=sock_dir, workdir=tmp_path, describe=_describe
     )
     assert done == runs
+
+
+@pytest.mark.skipif(_RUNS_ENV is not None, reason="QMPJOBD_MODEL_RUNS set: the long run instead")
+async def test_quit_while_others_act(sock_dir: Path, tmp_path: Path) -> None:
+    prepare_workdir(tmp_path)
+    for seed in range(_SEED, _SEED + 20):
+        app = App(Config(sockets=[sock_dir / "qmp.sock"], allow_paths=[tmp_path]))
+        await app.start()
+        try:
+            await quit_while_busy(app, seed, tmp_path)
+        finally:
+            await app.shutdown()
