@@ -148,7 +148,12 @@ def test_echoed_ids_are_encoded_like_qemu(qsd: Qsd) -> None:
     for raw in ids:
         data = b'{"execute":"nope","id":' + raw + b"}"
         [item] = Decoder().feed(data)
-        assert qsd.exchange(data, b'"error"') == [qemu_reply(item)]
+        # The one deliberate difference: a number beyond a double's range is
+        # echoed as the client wrote it; QEMU writes inf, which is not JSON.
+        ours = qemu_reply(item)
+        assert b"inf" not in ours
+        qemu_bytes = ours.replace(b"-1e400", b"-inf").replace(b"1e400", b"inf")
+        assert qsd.exchange(data, b'"error"') == [qemu_bytes]
 
 
 @pytest.mark.skipif(

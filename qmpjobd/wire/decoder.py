@@ -30,7 +30,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from qmpjobd.wire._utf8 import NONCHARACTER_RE
-from qmpjobd.wire.qemu_json import MAX_NESTING, ParseError, QemuJsonReader, json_integer
+from qmpjobd.wire.qemu_json import (
+    MAX_NESTING,
+    ParseError,
+    QemuJsonReader,
+    json_float,
+    json_integer,
+)
 
 __all__ = ["Decoder", "ParseError"]
 
@@ -80,6 +86,7 @@ def _scanner(parse_int: Callable[[str], Any] | None) -> Callable[[str, int], tup
     decoder = json.JSONDecoder(
         object_pairs_hook=_object_pairs,
         parse_constant=_no_constant,
+        parse_float=json_float,
         parse_int=parse_int,
         strict=True,
     )

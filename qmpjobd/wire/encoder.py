@@ -7,7 +7,8 @@ with ``\\b \\f \\n \\r \\t`` as the short escapes and ``/`` left alone.
 Characters QEMU cannot hold (noncharacters, lone surrogates) come out as
 ``\\uFFFD``. Floats are printed like C's ``%.17g`` (``0.1`` becomes
 ``0.10000000000000001``, ``1e5`` becomes ``100000``, ``-0.0`` becomes
-``-0``, infinities ``inf``/``-inf``); integers as they are. Dict member
+``-0``); a number beyond a double's range as the client wrote it (QEMU
+writes ``inf``, which is not JSON); integers as they are. Dict member
 order is kept. Each message ends with ``\\r\\n``.
 
 Part of :mod:`qmpjobd.wire`: no asyncio, no sockets, nothing of jobs or QMP.
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from qmpjobd.wire._utf8 import is_valid_codepoint
+from qmpjobd.wire.qemu_json import NumberToken
 
 __all__ = ["encode", "encode_reference"]
 
@@ -106,8 +108,10 @@ def encode(obj: object) -> bytes:
         and _FLOATISH_RE.search(text)
         and _FLOATISH_RE.search(_STRING_RE.sub("", text))
     ):
-        if "NaN" in text:
-            # The C encoder drops a NaN's sign, which C's printf shows.
+        if "NaN" in text or "Infinity" in text:
+            # The C encoder drops a NaN's sign, which C's printf shows, and
+            # prints a number out of a double's range as Infinity: the
+            # reference writes the client's own token back.
             return encode_reference(obj)
         text = _NUMBER_RE.sub(_fix_number, text)
     return text.encode("ascii") + b"\r\n"
@@ -178,7 +182,7 @@ def _reference(obj: object) -> str:
         elif isinstance(item, int):
             out.append(str(int(item)))
         elif isinstance(item, float):
-            out.append(format_float(item))
+            out.append(item.token if type(item) is NumberToken else format_float(item))
         elif isinstance(item, dict):
             out.append("{")
             stack.append(_CLOSE_DICT)

@@ -238,6 +238,27 @@ class _Fail(Exception):
         self.message = message
 
 
+class NumberToken(float):
+    """A number beyond a double's range: its value is an infinity, and it
+    keeps the client's token, so that echoing it (in an ``id``) writes the
+    same bytes instead of ``inf``, which is not JSON."""
+
+    token: str
+
+    def __new__(cls, token: str) -> NumberToken:
+        number = super().__new__(cls, token)
+        number.token = token
+        return number
+
+
+def json_float(text: str) -> float:
+    """Convert a number token to a double; one out of range keeps its token."""
+    value = float(text)
+    if value - value != 0.0:  # an infinity (a token is never NaN)
+        return NumberToken(text)
+    return value
+
+
 def json_integer(text: str) -> int | float:
     """Convert an integer token: int64, else uint64, else a double."""
     if len(text) <= 18:
@@ -246,7 +267,7 @@ def json_integer(text: str) -> int | float:
         value = int(text)
         if INT_MIN <= value <= INT_MAX:
             return value
-    return float(text)
+    return json_float(text)
 
 
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
@@ -327,7 +348,7 @@ def _parse_scalar(kind: int, token: bytes) -> object:
     if kind == INTEGER:
         return json_integer(token.decode("ascii"))
     if kind == FLOAT:
-        return float(token)
+        return json_float(token.decode("ascii"))
     if token == b"true":
         return True
     if token == b"false":
