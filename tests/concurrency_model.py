@@ -55,6 +55,8 @@ from qmpjobd.jobs import JobStatus, JobVerb
 from qmpjobd.jobs.tables import TRANSITIONS, VERB_TABLE
 
 MiB = 1 << 20
+#: a key the client adds to every reply it hands out (not a QMP member)
+EVENTS_BEFORE = "_events_before"
 
 # --------------------------------------------------------------------------
 # The client: raw bytes, replies matched in order, every event line kept.
@@ -79,7 +81,9 @@ class ModelClient(asyncio.Protocol):
         _, client = await loop.create_unix_connection(lambda: cls(name), path)
         await asyncio.wait_for(client.greeted, 5)
         reply = await asyncio.wait_for(client.send("qmp_capabilities", None), 5)
-        assert reply == {"return": {}}, reply
+        assert reply.get("return") == {}, reply
+        # QEMU sends no event before negotiation is over (qemu.qmp fails if it sees one)
+        assert reply[EVENTS_BEFORE] == 0, f"{name}: events before the negotiation reply"
         return client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,7 +101,10 @@ class ModelClient(asyncio.Protocol):
             elif not self.greeted.done():
                 self.greeted.set_result(None)
             elif self._waiters:
-                self._waiters.popleft().set_result(json.loads(line))
+                reply = json.loads(line)
+                #: how many events this monitor had when the reply came
+                reply[EVENTS_BEFORE] = len(self.event_lines)
+                self._waiters.popleft().set_result(reply)
         self._buf = buf[start:]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -613,6 +620,19 @@ def _section_jobs(section: Any) -> list[Any]:
     return list(getattr(section, "jobs", ()))
 
 
+def _open_fds() -> set[int]:
+    return (
+        {int(fd) for fd in os.listdir("/proc/self/fd")} if os.path.isdir("/proc/self/fd") else set()
+    )
+
+
+def _describe_fd(fd: int) -> str:
+    try:
+        return f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
+    except OSError:
+        return f"{fd} (gone)"
+
+
 class Checker:
     """In-process invariants of the daemon's books; each returns a list of problems."""
 
@@ -644,8 +664,11 @@ class Checker:
                     f"user pause {int(job.user_paused)} + drained sections {held[id(job)]} + "
                     f"not started {0 if job.started else 1} = {expected}"
                 )
-            if job.status in (JobStatus.PAUSED, JobStatus.STANDBY) and job.pause_count <= 0:
-                problems.append(f"job {job.id} is {job.status.value} with pause count 0")
+            if job.status in (JobStatus.PAUSED, JobStatus.STANDBY):
+                if job.pause_count <= 0:
+                    problems.append(f"job {job.id} is {job.status.value} with pause count 0")
+                if job.busy:
+                    problems.append(f"job {job.id} is {job.status.value} and busy")
         graph = app.graph
         if graph._pending:
             problems.append(f"node names reserved but never opened: {sorted(graph._pending)}")
@@ -676,6 +699,8 @@ class Checker:
                 backends[id(tgt)] += 1
                 filtered[id(src)] += 1
         for name, node in graph._nodes.items():
+            if node.closed:
+                problems.append(f"node {name} is in the graph but closed")
             want = int(node.monitor_owned) + node.parent_count + refs[id(node)]
             if node.refcnt != want:
                 problems.append(
@@ -778,6 +803,30 @@ def event_problems(events: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+_STARTS = ("blockdev-backup", "drive-backup", "blockdev-mirror", "drive-mirror", "blockdev-create")
+
+
+def creation_events_first(step: Step, lines: list[bytes]) -> list[str]:
+    """A job-starting command's ``created`` and ``running`` precede its return."""
+    if step.command in _STARTS and step.args is not None:
+        ids = [step.args["job-id"]]
+    elif step.command == "transaction" and step.args is not None:
+        ids = [a["data"]["job-id"] for a in step.args["actions"] if a["type"] != "abort"]
+    else:
+        return []
+    seen: dict[str, set[str]] = {}
+    for line in lines:
+        if b"JOB_STATUS_CHANGE" in line:
+            data = json.loads(line)["data"]
+            seen.setdefault(data["id"], set()).add(data["status"])
+    return [
+        f"{step.command} returned before job {job} showed {missing}"
+        for job in ids
+        for missing in ("created", "running")
+        if missing not in seen.get(job, set())
+    ]
+
+
 # --------------------------------------------------------------------------
 # One interleaving.
 
@@ -833,6 +882,7 @@ class Interleaving:
         self.ghost_steps = rng.randint(1, 4) if rng.random() < 0.25 else 0
         self.ghost_wait = rng.choice([0.0, 0.0005, 0.003])
         self.ghost: list[Step] = []
+        self.ghost_events = b""
         self.trace = Trace()
         self.checker = Checker(app)
         self.problems: list[str] = []
@@ -856,10 +906,15 @@ class Interleaving:
             + "\n".join(trace)
         )
 
-    def check_reply(self, who: str, step: Step, reply: dict[str, Any]) -> None:
+    def check_reply(
+        self, who: str, step: Step, reply: dict[str, Any], client: ModelClient | None = None
+    ) -> None:
         self.steps += 1
+        seen = reply.pop(EVENTS_BEFORE, None)
         self.trace.add(who, f"{step.line()} => {_short(reply)}")
         problems = []
+        if client is not None and seen is not None and "return" in reply:
+            problems += creation_events_first(step, client.event_lines[:seen])
         if "error" in reply:
             problem = error_problem(step.command, step.args, reply["error"])
             if problem is not None:
@@ -879,7 +934,7 @@ class Interleaving:
         async def collect() -> None:
             while pending:
                 step, fut = pending.pop(0)
-                self.check_reply(who, step, await asyncio.wait_for(fut, 10))
+                self.check_reply(who, step, await asyncio.wait_for(fut, 10), client)
 
         maker = self.makers[k]
         for i in range(self.setup[k] + self.lengths[k]):
@@ -912,6 +967,7 @@ class Interleaving:
         assert ghost.transport is not None
         ghost.transport.abort()
         self.trace.add("ghost", "gone")
+        self.ghost_events = b"".join(ghost.event_lines)
 
     async def drive_to_null(self, client: ModelClient) -> None:
         """Cancel, finalize, dismiss until no job is left."""
@@ -937,7 +993,7 @@ class Interleaving:
     ) -> dict[str, Any]:
         step = Step(command, args)
         reply = await client.execute(command, args)
-        self.check_reply(who, step, reply)
+        self.check_reply(who, step, reply, client)
         return reply
 
     async def delete_nodes(self, client: ModelClient) -> None:
@@ -971,6 +1027,7 @@ class Interleaving:
         logger = logging.getLogger("qmpjobd")
         logger.addHandler(log)
         path = str(self.app.config.sockets[0])
+        fds_before = _open_fds()
         clients = [await ModelClient.connect(path, f"c{k}") for k in range(self.nclients)]
         try:
             self.trace.add("--", f"{self.describe(self.seed)}, {self.nclients} clients")
@@ -1018,6 +1075,12 @@ class Interleaving:
                             f"first difference at {diff}"
                         ],
                     )
+            if self.ghost_events and self.ghost_events not in b"".join(first):
+                self.fail(
+                    "a monitor that came and went saw events the others did not, "
+                    "or not in their order",
+                    [self.ghost_events.decode()[:2000]],
+                )
             problems = event_problems(clients[0].events())
             if problems:
                 self.trace.lines += [
@@ -1025,6 +1088,15 @@ class Interleaving:
                     *(f"  {line.decode().strip()}" for line in first),
                 ]
                 self.fail("events", problems)
+            for client in clients:
+                await client.close()
+            for _ in range(100):
+                leaked = _open_fds() - fds_before
+                if not leaked:
+                    break
+                await asyncio.sleep(0.001)
+            else:
+                self.fail("file descriptors left open", [_describe_fd(fd) for fd in sorted(leaked)])
             if log.records:
                 self.fail(
                     "the daemon logged errors",
@@ -1064,6 +1136,7 @@ async def quit_while_busy(app: App, seed: int, workdir: Path) -> None:
             await asyncio.sleep(when)
             it.trace.add("quit", "quit")
             reply = await quitter.execute("quit")
+            reply.pop(EVENTS_BEFORE, None)
             it.trace.add("quit", f"quit => {_short(reply)}")
             if reply != {"return": {}}:
                 it.fail("quit", [json.dumps(reply)])
