@@ -42,10 +42,19 @@ class SoakResult:
     errors: list[str] = field(default_factory=list)
     leftover_jobs: list[str] = field(default_factory=list)
     leftover_nodes: list[str] = field(default_factory=list)
+    #: seconds from sending each blockdev-backup to its reply
+    backup_latency: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return self.done / self.seconds if self.seconds else 0.0
+
+    def latency_ms(self, q: float) -> float:
+        """The ``q`` quantile (0..1) of the backup command's latency, in ms."""
+        data = sorted(self.backup_latency)
+        if not data:
+            return 0.0
+        return 1000 * data[min(len(data) - 1, int(q * len(data)))]
 
     @property
     def clean(self) -> bool:
@@ -75,10 +84,12 @@ async def _client(path: str, index: int, cycles: int, result: SoakResult, prefix
                         "blockdev-add", {"driver": "null-co", "node-name": name, "size": MiB}
                     )
                 gone = waiting[key] = loop.create_future()
+                sent = time.monotonic()
                 await conn.execute(
                     "blockdev-backup",
                     {"device": source, "target": target, "sync": "full", "job-id": job},
                 )
+                result.backup_latency.append(time.monotonic() - sent)
                 await asyncio.wait_for(gone, JOB_TIMEOUT)
                 for _ in range(1000):
                     jobs = await conn.execute("query-jobs")
@@ -129,10 +140,12 @@ def _line(name: str, results: list[SoakResult]) -> str:
     left_jobs = sum(len(r.leftover_jobs) for r in results)
     left_nodes = sum(len(r.leftover_nodes) for r in results)
     first = results[0]
-    spread = f"{statistics.median(rates):9.1f} [{min(rates):.1f}-{max(rates):.1f}]"
+    spread = f"{statistics.median(rates):.1f} [{min(rates):.1f}-{max(rates):.1f}]"
+    p50 = statistics.median(r.latency_ms(0.5) for r in results)
+    p99 = statistics.median(r.latency_ms(0.99) for r in results)
     return (
         f"| {name} | {first.clients} | {first.cycles} | {len(results)} | {spread} | "
-        f"{errors} | {left_jobs} / {left_nodes} |"
+        f"{p50:.1f} / {p99:.1f} | {errors} | {left_jobs} / {left_nodes} |"
     )
 
 
@@ -157,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = asyncio.run(soak(path, clients, args.cycles, prefix=f"r{i}c"))
                 print(
                     f"{name} {clients} clients x {args.cycles} cycles: {r.rate:.1f} cycles/s, "
+                    f"backup p99 {r.latency_ms(0.99):.1f} ms, "
                     f"{len(r.errors)} errors, left {len(r.leftover_jobs)} jobs "
                     f"{len(r.leftover_nodes)} nodes",
                     file=sys.stderr,
@@ -186,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 running.stop()
     print(
-        "| target | clients | cycles each | runs | cycles/s median [min-max] | errors "
-        "| leftover jobs / nodes |"
+        "| target | clients | cycles each | runs | cycles/s median [min-max] "
+        "| backup reply p50 / p99 ms | errors | leftover jobs / nodes |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, results in rows:
         print(_line(name, results))
     if args.json:
@@ -202,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                         "cycles": r.cycles,
                         "cycles_per_s": r.rate,
                         "seconds": r.seconds,
+                        "backup_p50_ms": r.latency_ms(0.5),
+                        "backup_p99_ms": r.latency_ms(0.99),
                         "errors": r.errors,
                         "leftover_jobs": r.leftover_jobs,
                         "leftover_nodes": r.leftover_nodes,
