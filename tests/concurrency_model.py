@@ -69,7 +69,10 @@ class ModelClient(asyncio.Protocol):
         self.name = name
         self.transport: asyncio.Transport | None = None
         self._buf = b""
-        self._waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[dict[str, Any]]]] = deque()
+        self._sent = 0
+        #: replies that did not carry the id of the request they answered
+        self.misordered: list[bytes] = []
         self.event_lines: list[bytes] = []
         loop = asyncio.get_running_loop()
         self.greeted: asyncio.Future[None] = loop.create_future()
@@ -104,11 +107,15 @@ class ModelClient(asyncio.Protocol):
                 reply = json.loads(line)
                 #: how many events this monitor had when the reply came
                 reply[EVENTS_BEFORE] = len(self.event_lines)
-                self._waiters.popleft().set_result(reply)
+                sent, fut = self._waiters.popleft()
+                if reply.pop("id", None) != sent:
+                    # replies come in request order, each with its request's id
+                    self.misordered.append(line)
+                fut.set_result(reply)
         self._buf = buf[start:]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for fut in self._waiters:
+        for _, fut in self._waiters:
             if not fut.done():
                 fut.cancel()
         self._waiters.clear()
@@ -119,11 +126,12 @@ class ModelClient(asyncio.Protocol):
         self, command: str, arguments: dict[str, Any] | None
     ) -> asyncio.Future[dict[str, Any]]:
         assert self.transport is not None
-        message: dict[str, Any] = {"execute": command}
+        self._sent += 1
+        message: dict[str, Any] = {"execute": command, "id": self._sent}
         if arguments is not None:
             message["arguments"] = arguments
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters.append((self._sent, fut))
         self.transport.write(json.dumps(message).encode())
         return fut
 
@@ -765,8 +773,14 @@ def event_problems(events: list[dict[str, Any]]) -> list[str]:
     status: dict[str, JobStatus] = {}
     last_block: dict[str, str] = {}
     ran: set[str] = set()
+    readied: set[str] = set()
+    last_stamp = (0, 0)
     for i, ev in enumerate(events):
         name, data = ev["event"], ev.get("data", {})
+        stamp = (ev["timestamp"]["seconds"], ev["timestamp"]["microseconds"])
+        if stamp < last_stamp:
+            problems.append(f"event {i}: timestamp {stamp} before the previous {last_stamp}")
+        last_stamp = stamp
         if name == "JOB_STATUS_CHANGE":
             job, new = data["id"], JobStatus(data["status"])
             old = status.get(job, JobStatus.UNDEFINED)
@@ -783,12 +797,17 @@ def event_problems(events: list[dict[str, Any]]) -> list[str]:
                 ran.add(job)
             if new is JobStatus.CREATED:
                 ran.discard(job)
+                readied.discard(job)
             status[job] = new
         elif name in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_READY"):
             job = data["device"]
             st = status.get(job)
-            if name == "BLOCK_JOB_READY" and st is not JobStatus.READY:
-                problems.append(f"event {i}: {name} for {job} in {st}")
+            if name == "BLOCK_JOB_READY":
+                if st is not JobStatus.READY:
+                    problems.append(f"event {i}: {name} for {job} in {st}")
+                if job in readied:
+                    problems.append(f"event {i}: a second {name} for {job}")
+                readied.add(job)
             if name != "BLOCK_JOB_READY":
                 if st not in (JobStatus.PENDING, JobStatus.ABORTING) or job not in ran:
                     problems.append(f"event {i}: {name} for {job} in {st}")
@@ -915,6 +934,8 @@ class Interleaving:
         problems = []
         if client is not None and seen is not None and "return" in reply:
             problems += creation_events_first(step, client.event_lines[:seen])
+        if client is not None and client.misordered:
+            problems.append(f"{client.name}: replies out of order: {client.misordered}")
         if "error" in reply:
             problem = error_problem(step.command, step.args, reply["error"])
             if problem is not None:
