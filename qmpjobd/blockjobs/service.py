@@ -74,7 +74,8 @@ class BlockJobService:
 
     def _root_node(self, name: str) -> BlockNode:
         node = self.graph.lookup(name)
-        if self._filtered[node] or self.graph.has_parents(node):
+        # A mirror's target has the mirror's block backend above it: not a root.
+        if self._filtered[node] or self.graph.has_parents(node) or node.backends:
             raise QMPError("Need a root block node")
         return node
 
