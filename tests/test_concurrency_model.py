@@ -14,13 +14,20 @@ QMPJOBD_MODEL_RUNS=1`` reruns that one interleaving.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from qmpjobd.app import App, Config
 
-from .concurrency_model import prepare_workdir, quit_while_busy, run_batch
+from .concurrency_model import (
+    error_problem,
+    prepare_workdir,
+    quit_while_busy,
+    run_batch,
+    sequential_replies,
+)
 
 _RUNS_ENV = os.environ.get("QMPJOBD_MODEL_RUNS")
 _SEED = int(os.environ.get("QMPJOBD_MODEL_SEED", "20261205"))
@@ -70,3 +77,28 @@ async def test_quit_while_others_act(sock_dir: Path, tmp_path: Path) -> None:
             await quit_while_busy(app, seed, tmp_path)
         finally:
             await app.shutdown()
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-storage-daemon") is None, reason="no qemu-storage-daemon")
+async def test_the_error_allowlist_holds_what_qemu_answers(tmp_path: Path) -> None:
+    """The same random steps, one at a time, against qemu-storage-daemon 7.2:
+    every error it answers must pass the allowlist the model judges with."""
+    from bench.targets import TargetSpec, start
+
+    prepare_workdir(tmp_path, clients=1)
+    problems = []
+    for seed in range(_SEED, _SEED + 6):
+        running = start(TargetSpec("qemu", "qemu"), monitors=1)
+        try:
+            replies = await sequential_replies(
+                running.sock(0), seed, 60, tmp_path, grouped_many=False
+            )
+        finally:
+            running.stop()
+        for step, reply in replies:
+            if "error" in reply:
+                problem = error_problem(step.command, step.args, reply["error"])
+                if problem is not None:
+                    problems.append(f"seed {seed}: {step.line()} => {reply['error']}: {problem}")
+    assert problems == []
