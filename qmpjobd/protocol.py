@@ -1,23 +1,26 @@
 """QMP protocol rules, sans I/O: the greeting, request envelope checks, and the
 reply, error and event objects.
 
-This is the one place that builds the ``{"class", "desc"}`` error object. It
-works on decoded JSON values (dicts, lists, ...) and produces the same; the
-``wire`` layer turns them into bytes.
+This is the one place that builds the ``{"class", "desc"}`` error object and
+the event envelope. It works on decoded JSON values (dicts, lists, ...) and
+produces the same; the ``wire`` layer turns them into bytes, except for
+events: :func:`event_line` builds an event's encoded line directly, because
+every event is encoded once for every monitor.
 
 Must not import: jobs, block, sockets, asyncio.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import EMULATED_QEMU_VERSION, __version__
+from . import EMULATED_QEMU_VERSION, __version__, wire
 from .errors import ErrorClass, QMPError
 from .events import Event
-from .qdict import qdict_order, qemu_order
+from .wire.qdict import qdict_order, qemu_order
 
 
 class _NoId:
@@ -162,3 +165,23 @@ def event_message(event: Event) -> dict[str, Any]:
 
 def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
     return data if isinstance(data, dict) else dict(data)
+
+
+_PLAIN_NAME: Final = re.compile(r"[A-Z0-9_]+")
+_EVENT_LINE: Final = (
+    b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": "%s", "data": %s}\r\n'
+)
+
+
+def event_line(event: Event) -> bytes:
+    """``wire.encode(event_message(event))``, built faster.
+
+    Only the data goes through the encoder: the envelope around it is ints
+    and a plain ASCII name, which the encoder would print as they are.
+    """
+    name = event.name
+    if _PLAIN_NAME.fullmatch(name) is None:
+        return wire.encode(event_message(event))
+    seconds, micro = event.timestamp
+    body = wire.encode(_plain(event.data))
+    return _EVENT_LINE % (seconds, micro, name.encode("ascii"), body[:-2])

@@ -15,13 +15,12 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import socket
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import protocol, wire
+from . import protocol
 from .commands import CommandTable
 from .dispatch import Dispatcher
 from .errors import ConfigError
@@ -112,7 +111,7 @@ class Server:
         """
         if not self._listeners:
             return
-        self._pending_events.append(_event_line(event))
+        self._pending_events.append(protocol.event_line(event))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush_events)
@@ -158,25 +157,6 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self._bound.clear()
-
-
-_PLAIN_NAME = re.compile(r"[A-Z0-9_]+")
-_EVENT_LINE = b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": "%s", "data": %s}\r\n'
-
-
-def _event_line(event: Event) -> bytes:
-    """``wire.encode(protocol.event_message(event))``, built faster.
-
-    Only the data goes through the encoder: the envelope around it is ints
-    and a plain ASCII name, which the encoder would print as they are.
-    """
-    name = event.name
-    if _PLAIN_NAME.fullmatch(name) is None:
-        return wire.encode(protocol.event_message(event))
-    seconds, micro = event.timestamp
-    data = event.data
-    body = wire.encode(data if isinstance(data, dict) else dict(data))
-    return _EVENT_LINE % (seconds, micro, name.encode("ascii"), body[:-2])
 
 
 async def _claim_path(path: Path) -> None:

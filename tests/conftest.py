@@ -105,8 +105,14 @@ def sock(app: App) -> Path:
     return Path(app.config.sockets[0])
 
 
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    """Collect after each test, so a leaked socket is blamed on the test that leaked it."""
+@pytest.fixture
+def collect_garbage() -> Iterator[None]:
+    """Collect after the test, so that a socket or transport it leaked is
+    reported (a ResourceWarning, an error here) against this very test.
+
+    For the tests of connection lifecycles only: after every test it cost a
+    large share of the suite's time. A leak elsewhere still fails the run;
+    pytest reports it against a later test or at the end of the session.
+    """
     yield
     gc.collect()

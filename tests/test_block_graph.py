@@ -772,6 +772,54 @@ def test_golden_still_matches_live_qemu(tmp_path: Path) -> None:
     assert json.loads(renamed) == expected_golden(folder)
 
 
+# -- json: filenames whose keys share a QDict bucket -----------------------------
+
+#: A blkdebug node with many rules: "driver" and "set-state.1.new_state" share a
+#: bucket, and so do every inject-error.N.event and .errno.
+MANY_RULES: dict[str, Any] = {
+    "driver": "blkdebug",
+    "node-name": "d",
+    "align": 4096,
+    "max-transfer": 65536,
+    "image": {"driver": "null-co", "node-name": "n", "size": 65536, "read-zeroes": True},
+    "inject-error": [
+        {"event": "read_aio", "errno": 5},
+        {"event": "write_aio", "errno": 28, "once": True},
+        {"event": "flush_to_disk", "errno": 5, "sector": 7},
+        {"event": "read_aio", "iotype": "read", "errno": 22},
+    ],
+    "set-state": [
+        {"event": "read_aio", "state": 1, "new_state": 2},
+        {"event": "write_aio", "state": 2, "new_state": 3},
+    ],
+}
+#: Its filename, as 7.2 prints it.
+MANY_RULES_FILENAME = (
+    'json:{"set-state.1.event": "write_aio", "set-state.0.event": "read_aio", '
+    '"inject-error.1.once": true, "image": {"read-zeroes": true, "driver": "null-co", '
+    '"size": 65536}, "max-transfer": 65536, "set-state.1.new_state": 3, "driver": "blkdebug", '
+    '"set-state.1.state": 2, "inject-error.3.iotype": "read", "set-state.0.new_state": 2, '
+    '"inject-error.0.event": "read_aio", "inject-error.0.errno": 5, '
+    '"inject-error.1.event": "write_aio", "inject-error.1.errno": 28, '
+    '"inject-error.2.event": "flush_to_disk", "inject-error.2.errno": 5, '
+    '"inject-error.3.event": "read_aio", "inject-error.3.errno": 22, "set-state.0.state": 1, '
+    '"inject-error.2.sector": 7, "align": 4096}'
+)
+
+
+def test_json_filename_orders_keys_sharing_a_bucket_like_qemu(graph: BlockGraph) -> None:
+    assert graph.add(MANY_RULES).filename == MANY_RULES_FILENAME
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-storage-daemon") is None, reason="no qemu-storage-daemon")
+def test_json_filename_literal_still_matches_live_qemu(tmp_path: Path) -> None:
+    with live_daemon(tmp_path) as qmp:
+        assert qmp.cmd("blockdev-add", MANY_RULES) == {"return": {}}
+        files = {n["node-name"]: n["file"] for n in qmp.cmd("query-named-block-nodes")["return"]}
+    assert files["d"] == MANY_RULES_FILENAME
+
+
 # -- blockdev-add errors, as recorded ----------------------------------------
 
 #: (arguments, error text) recorded from 7.2 with nodes n0 (null-co) and f1 (file on a

@@ -12,23 +12,20 @@ from typing import Any
 
 import pytest
 
-from .test_blockjobs_support import JobClient, sha256, write_random, write_sparse
+from .support.blockjobs import (
+    SIZE,
+    J,
+    JobClient,
+    add_file,
+    add_null,
+    blip,
+    done,
+    sha256,
+    write_random,
+    write_sparse,
+)
 
 pytestmark = pytest.mark.timeout(20)
-
-SIZE = 1000123  # node size 1000448 (rounded up to 512), progress 1048576 (64 KiB clusters)
-
-
-def J(status: str, job: str) -> tuple[str, str, str]:
-    return ("J", status, job)
-
-
-def blip(job: str) -> list[Any]:
-    return [J("created", job), J("running", job), J("paused", job), J("running", job)]
-
-
-def done(job: str, length: int, kind: str = "backup") -> dict[str, Any]:
-    return {"device": job, "len": length, "offset": length, "speed": 0, "type": kind}
 
 
 @pytest.fixture
@@ -36,14 +33,6 @@ async def c(sock: Path) -> AsyncIterator[JobClient]:
     client = await JobClient.connect(sock)
     yield client
     await client.close()
-
-
-async def add_file(c: JobClient, name: str, path: Path, **extra: Any) -> None:
-    await c.ok("blockdev-add", driver="file", filename=str(path), **{"node-name": name}, **extra)
-
-
-async def add_null(c: JobClient, name: str, size: int = 1 << 20) -> None:
-    await c.ok("blockdev-add", driver="null-co", size=size, **{"node-name": name})
 
 
 async def files(c: JobClient, tmp_path: Path, size: int = SIZE) -> tuple[Path, Path]:

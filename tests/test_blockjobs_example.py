@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_blockjobs_support import sha256, write_random
+from .support.blockjobs import sha256, write_random
 
 pytestmark = pytest.mark.timeout(20)
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "backup.py"

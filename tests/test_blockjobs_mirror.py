@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from .test_blockjobs_backup import J, add_file, add_null
-from .test_blockjobs_support import JobClient, sha256, write_random
+from .support.blockjobs import J, JobClient, add_file, add_null, sha256, write_random
 
 pytestmark = pytest.mark.timeout(20)
 SIZE = 1000123

@@ -17,8 +17,17 @@ import pytest
 from qmpjobd.blockjobs import RateLimiter, error_action
 from qmpjobd.clock import ManualClock
 
-from .test_blockjobs_backup import SIZE, J, add_file, add_null, blip, done
-from .test_blockjobs_support import JobClient, sha256, write_random
+from .support.blockjobs import (
+    SIZE,
+    J,
+    JobClient,
+    add_file,
+    add_null,
+    blip,
+    done,
+    sha256,
+    write_random,
+)
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from .test_blockjobs_backup import J, add_file, add_null, done
-from .test_blockjobs_support import JobClient, write_random
+from .support.blockjobs import J, JobClient, add_file, add_null, done, write_random
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -18,7 +18,7 @@ from qmpjobd.app import App, Config
 from qmpjobd.jobs import JobStatus
 
 from .conftest import RawClient
-from .test_jobs_support import Harness, make_harness
+from .support.jobs import Harness, make_harness
 
 
 @pytest.fixture

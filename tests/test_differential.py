@@ -6,8 +6,9 @@
   against it, and the live transcript is compared with qmpjobd's and with
   the golden file (a drift in the golden files shows there).
 
-Job scenarios need block support in qmpjobd; they are skipped for qmpjobd
-until its ``query-commands`` lists ``blockdev-backup``.  A scenario with an
+Job scenarios run on qmpjobd like every other: a job command missing from
+qmpjobd fails them (and ``test_qmpjobd_lists_the_job_commands`` says so
+plainly), it never skips them.  A scenario with an
 ``xfail_reason`` describes a known qmpjobd difference: its qmpjobd tests are
 strict xfails, so fixing the daemon shows up as an XPASS to clear.
 """
@@ -15,6 +16,7 @@ strict xfails, so fixing the daemon shows up as an XPASS to clear.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -122,13 +124,6 @@ def qmpjobd_commands() -> frozenset[str]:
     return frozenset(c["name"] for c in ret if isinstance(c, dict) and "name" in c)
 
 
-def skip_without_block_support(name: str) -> None:
-    if golden(name)["group"] == GROUP_JOBS and "blockdev-backup" not in qmpjobd_commands():
-        pytest.skip(
-            "job scenario: needs block support in qmpjobd (no blockdev-backup in query-commands)"
-        )
-
-
 def assert_same(expected: dict[str, Any], actual: dict[str, Any], what: str) -> None:
     problems = normalise.compare(expected, actual) + normalise.check_same_events(actual)
     assert not problems, f"{what}:\n" + "\n".join(problems)
@@ -182,13 +177,45 @@ def test_golden_matches_scenario(name: str) -> None:
 
 @pytest.mark.parametrize("name", QMPJOBD_NAMES)
 def test_qmpjobd_matches_golden(name: str) -> None:
-    skip_without_block_support(name)
     assert_same_with_reruns(
         golden(name),
         qmpjobd_run(name),
         "qmpjobd differs from the golden transcript",
         rerun_actual=lambda: _replay_on_qmpjobd(name),
     )
+
+
+def test_qmpjobd_lists_the_job_commands() -> None:
+    """The job scenarios' commands are all there (the scenarios would fail too,
+    less plainly)."""
+    used = {
+        command
+        for name in NAMES
+        if golden(name)["group"] == GROUP_JOBS
+        for command in _executed(golden(name))
+    }
+    assert "blockdev-backup" in used
+    missing = sorted(used - qmpjobd_commands())
+    assert not missing, f"job commands missing from qmpjobd's query-commands: {missing}"
+
+
+def _executed(transcript: dict[str, Any]) -> set[str]:
+    """The ``execute`` names of the well-formed requests a transcript sends."""
+    out = set()
+    decoder = json.JSONDecoder()
+    for step in transcript["steps"]:
+        text = b"".join(Step.from_json(step).chunks).decode("utf-8", "replace")
+        pos = 0
+        while pos < len(text):
+            try:
+                request, pos = decoder.raw_decode(text, pos)
+            except ValueError:
+                break
+            if isinstance(request, dict) and isinstance(request.get("execute"), str):
+                out.add(request["execute"])
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+    return out
 
 
 # ------------------------------------------------------------------ live QEMU
@@ -210,7 +237,6 @@ def test_qemu_matches_golden(name: str) -> None:
 @needs_qemu
 @pytest.mark.parametrize("name", QMPJOBD_NAMES)
 def test_qmpjobd_matches_live_qemu(name: str) -> None:
-    skip_without_block_support(name)
     assert_same_with_reruns(
         qemu_run(name),
         qmpjobd_run(name),

@@ -11,7 +11,7 @@ import pytest
 from qmpjobd.errors import ErrorClass, QMPError
 from qmpjobd.jobs import BlockJobInfo, JobInfo, JobStatus, JobType, Transaction
 
-from .test_jobs_support import Harness, ScriptedDriver, make_harness
+from .support.jobs import Harness, ScriptedDriver, make_harness
 
 CREATED_BLIP = ["j1:created", "j1:running", "j1:paused", "j1:running"]
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qmpjobd.app import App
 from qmpjobd.jobs import JobType
 
 from .conftest import RawClient
-from .test_jobs_support import ScriptedDriver
+from .support.jobs import ScriptedDriver
+
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 def _events(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from qmpjobd.errors import QMPError
 from qmpjobd.jobs import Job, JobStatus, JobType, Transaction
 
-from .test_jobs_support import Harness, ScriptedDriver, make_harness
+from .support.jobs import Harness, ScriptedDriver, make_harness
 from .test_jobs_tables import spec_transitions, spec_verbs
 
 SPEC_STT = spec_transitions()

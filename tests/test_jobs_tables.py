@@ -22,7 +22,7 @@ from qmpjobd.jobs import (
 )
 from qmpjobd.jobs.job import Job
 
-from .test_jobs_support import ScriptedDriver
+from .support.jobs import ScriptedDriver
 
 # Transcribed from the reference, section 1.2 (allowed targets per row).
 SPEC_TRANSITIONS = """

@@ -10,7 +10,7 @@ import pytest
 from qmpjobd.errors import ErrorClass, QMPError
 from qmpjobd.jobs import Job, JobManager, JobStatus, JobType, JobVerb, Transaction
 
-from .test_jobs_support import Harness, ScriptedDriver, make_harness
+from .support.jobs import Harness, ScriptedDriver, make_harness
 
 
 @pytest.fixture

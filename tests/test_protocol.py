@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qmpjobd import protocol
+from qmpjobd import protocol, wire
 from qmpjobd.errors import ErrorClass, QMPError
 from qmpjobd.events import Event
 from qmpjobd.protocol import NO_ID, RequestError, _check_in_qemu_order, check_request
-from qmpjobd.qdict import first_unexpected, ghash_order, qdict_order, qemu_order
+from qmpjobd.wire.qdict import first_unexpected, ghash_order, qdict_order, qemu_order
 
 
 def _error(obj: object, *, oob: bool = False) -> tuple[str, Any]:
@@ -161,3 +161,19 @@ def test_fast_path_agrees_with_the_ordered_check(obj: dict[str, Any], oob: bool)
     fast = outcome(lambda: check_request(obj, oob_enabled=oob))
     slow = outcome(lambda: _check_in_qemu_order(obj, req_id, oob_enabled=oob))
     assert fast == slow
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("JOB_STATUS_CHANGE", {"status": "running", "id": "job0"}),
+        ("BLOCK_JOB_COMPLETED", {"device": "j", "len": 0, "offset": 0, "speed": 0, "type": "x"}),
+        ("X", {"f": 0.1, "e": 1e16, "s": "\u00e9\U0001f600 1.5", "l": [None, True]}),
+        ("lower_case", {}),
+        ('QUO"TE', {"a": 1}),
+    ],
+)
+def test_event_line_is_the_encoded_event_message(name: str, data: dict[str, object]) -> None:
+    for stamp in ((1_700_000_000, 0), (0, 999_999)):
+        event = Event(name, data, stamp, 1)
+        assert protocol.event_line(event) == wire.encode(protocol.event_message(event))

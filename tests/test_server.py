@@ -20,6 +20,8 @@ from qmpjobd.errors import ConfigError
 
 from .conftest import RawClient
 
+pytestmark = pytest.mark.usefixtures("collect_garbage")
+
 GREETING_VERSION = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "qmpjobd 0.1.0"}
 
 
@@ -307,23 +309,3 @@ async def test_deep_and_large_messages_leave_the_session_usable(sock: Path) -> N
     await client.quiet(0.3)
     assert (await client.execute("query-version", id=1))["id"] == 1
     await client.close()
-
-
-@pytest.mark.parametrize(
-    ("name", "data"),
-    [
-        ("JOB_STATUS_CHANGE", {"status": "running", "id": "job0"}),
-        ("BLOCK_JOB_COMPLETED", {"device": "j", "len": 0, "offset": 0, "speed": 0, "type": "x"}),
-        ("X", {"f": 0.1, "e": 1e16, "s": "\u00e9\U0001f600 1.5", "l": [None, True]}),
-        ("lower_case", {}),
-        ('QUO"TE', {"a": 1}),
-    ],
-)
-def test_event_line_is_the_encoded_event_message(name: str, data: dict[str, object]) -> None:
-    from qmpjobd import protocol, wire
-    from qmpjobd.events import Event
-    from qmpjobd.server import _event_line
-
-    for stamp in ((1_700_000_000, 0), (0, 999_999)):
-        event = Event(name, data, stamp, 1)
-        assert _event_line(event) == wire.encode(protocol.event_message(event))

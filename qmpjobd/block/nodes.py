@@ -23,8 +23,9 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from ..wire.qdict import qdict_order, qemu_order
 from .blkdebug import Blkdebug
-from .qdict import qemu_order, to_json
+from .json_filename import json_filename
 
 SECTOR = 512
 _T = TypeVar("_T")
@@ -267,7 +268,7 @@ class BlockNode:
         exact = self._exact_filename()
         if exact is not None:
             return exact
-        return "json:" + to_json(self.full_open_options())
+        return json_filename(self.full_open_options())
 
     def _has_info(self) -> bool:
         """Whether QEMU's get_info succeeds (then ``dirty-flag`` is shown)."""
@@ -281,7 +282,7 @@ class BlockNode:
         return None
 
     def image_info(self) -> dict[str, Any]:
-        """QEMU's ImageInfo of the node (members in QAPI order; see qdict)."""
+        """QEMU's ImageInfo of the node (members in QAPI order; see wire.qdict)."""
         info: dict[str, Any] = {"filename": self.filename, "format": self.driver}
         if self._has_info():
             info["dirty-flag"] = False
@@ -389,11 +390,15 @@ class FileNode(BlockNode):
         super().__init__(ctx, node_name, options)
         self.path = str(options["filename"])
         self._fd = fd
+        # Like QEMU, the length is read once, at open: a file that shrinks
+        # or grows behind the node's back keeps its length here, and what
+        # lies past the file's real end reads as zeros.
+        self._size = os.fstat(fd).st_size
 
     def _length(self) -> int:
         if self.closed:
             return 0
-        return os.fstat(self._fd).st_size
+        return self._size
 
     def file_path(self) -> Path | None:
         return Path(self.path)
@@ -636,7 +641,11 @@ class BlkdebugNode(BlockNode):
         for key in BLKDEBUG_SIZE_OPTIONS:
             if key in self.options:
                 opts[key] = self.options[key]
-        # QEMU keeps list options flattened ("inject-error.0.event"), members in QAPI order.
+        # QEMU keeps list options flattened ("inject-error.0.event"), members
+        # in QAPI order, and copies them into the node's full options by
+        # iterating that QDict: they arrive in its order, which decides how
+        # keys sharing a bucket print (all inject-error.N.event/errno do).
+        flat: dict[str, Any] = {}
         for key, members in (
             ("inject-error", _INJECT_MEMBERS),
             ("set-state", ("event", "state", "new_state")),
@@ -644,7 +653,9 @@ class BlkdebugNode(BlockNode):
             for i, item in enumerate(self.options.get(key, ())):
                 for member in members:
                     if member in item:
-                        opts[f"{key}.{i}.{member}"] = item[member]
+                        flat[f"{key}.{i}.{member}"] = item[member]
+        for key in qdict_order(flat):
+            opts[key] = flat[key]
         return opts
 
     def _exact_filename(self) -> str | None:

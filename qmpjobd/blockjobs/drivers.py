@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as errno_mod
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 from ..block import BlockGraph, BlockNode
@@ -29,30 +30,28 @@ IDLE_SECONDS = 3600.0
 BackupSync = Literal["full", "top", "none"]
 
 
+@dataclass(eq=False, repr=False)
 class BlockJobDriver(JobDriver):
-    """What backup and mirror share: nodes, holds, rate limit, error policies."""
+    """What backup and mirror share: nodes, holds, rate limit, error policies.
 
-    def __init__(
-        self,
-        source: BlockNode,
-        target: BlockNode,
-        *,
-        clock: Clock,
-        executor: Executor,
-        on_source_error: OnError = "report",
-        on_target_error: OnError = "report",
-        zero_target: bool = False,
-    ) -> None:
-        self.source = source
-        #: The target reads zeros where nothing was written (a new file), so
-        #: holes of the source need no write.
-        self.zero_target = zero_target
-        self.target = target
-        self.nodes: tuple[BlockNode, ...] = (source, target)
-        self.executor = executor
-        self.limiter = RateLimiter(clock)
-        self.on_source_error: OnError = on_source_error
-        self.on_target_error: OnError = on_target_error
+    A dataclass, so that backup and mirror add their own fields without
+    restating these: the source and the target come first, the rest by keyword.
+    """
+
+    source: BlockNode
+    target: BlockNode
+    _: KW_ONLY
+    clock: Clock
+    executor: Executor
+    on_source_error: OnError = "report"
+    on_target_error: OnError = "report"
+    #: The target reads zeros where nothing was written (a new file), so
+    #: holes of the source need no write.
+    zero_target: bool = False
+
+    def __post_init__(self) -> None:
+        self.nodes: tuple[BlockNode, ...] = (self.source, self.target)
+        self.limiter = RateLimiter(self.clock)
         self._releases: list[Callable[[], None]] = []
 
     def hold(self, release: Callable[[], None]) -> None:
@@ -91,6 +90,7 @@ class BlockJobDriver(JobDriver):
         )
 
 
+@dataclass(eq=False, repr=False)
 class BackupDriver(BlockJobDriver):
     """``backup``: a point-in-time copy of the source onto the target.
 
@@ -104,28 +104,7 @@ class BackupDriver(BlockJobDriver):
 
     job_type = JobType.BACKUP
 
-    def __init__(
-        self,
-        source: BlockNode,
-        target: BlockNode,
-        sync: BackupSync,
-        *,
-        zero_target: bool = False,
-        clock: Clock,
-        executor: Executor,
-        on_source_error: OnError = "report",
-        on_target_error: OnError = "report",
-    ) -> None:
-        super().__init__(
-            source,
-            target,
-            clock=clock,
-            executor=executor,
-            on_source_error=on_source_error,
-            on_target_error=on_target_error,
-            zero_target=zero_target,
-        )
-        self.sync = sync
+    sync: BackupSync
 
     async def run(self, job: Job) -> None:
         size = self.source.size
@@ -146,6 +125,7 @@ class BackupDriver(BlockJobDriver):
             copier.close()
 
 
+@dataclass(eq=False, repr=False)
 class MirrorDriver(BlockJobDriver):
     """``mirror``: copies the source, goes READY and stays in sync until
     completed (``job-complete``) or cancelled.
@@ -158,28 +138,8 @@ class MirrorDriver(BlockJobDriver):
 
     job_type = JobType.MIRROR
 
-    def __init__(
-        self,
-        source: BlockNode,
-        target: BlockNode,
-        *,
-        copy_all: bool,
-        zero_target: bool,
-        clock: Clock,
-        executor: Executor,
-        on_source_error: OnError = "report",
-        on_target_error: OnError = "report",
-    ) -> None:
-        super().__init__(
-            source,
-            target,
-            clock=clock,
-            executor=executor,
-            on_source_error=on_source_error,
-            on_target_error=on_target_error,
-            zero_target=zero_target,
-        )
-        self.copy_all = copy_all
+    _: KW_ONLY
+    copy_all: bool
 
     def cancel_hook(self, job: Job, force: bool) -> bool:
         return force or not job.ready

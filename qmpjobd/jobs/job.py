@@ -5,8 +5,7 @@ the transition table, logs, and publishes ``JOB_STATUS_CHANGE``. A
 :class:`Job` holds the state QEMU keeps per job (pause count, user pause,
 cancel flags, progress, speed, error, options); everything that belongs to
 the running asyncio task (the wake-up future, the sleep timer, busy/parked)
-sits in separate private fields, so the record itself is plain data that
-:meth:`Job.snapshot` copies out.
+sits in separate private fields, so the record itself stays plain data.
 
 Must not import: sockets, JSON, block.
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..events import EventBus
@@ -67,27 +65,6 @@ class Transaction:
     def __repr__(self) -> str:
         ids = [j.id for j in self.jobs]
         return f"Transaction(grouped={self.grouped}, jobs={ids}, aborting={self.aborting})"
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    """A plain-data copy of a job (e.g. for a ledger of concluded jobs)."""
-
-    id: str
-    type: JobType
-    status: JobStatus
-    current_progress: int
-    total_progress: int
-    speed: int
-    error: str | None
-    auto_finalize: bool
-    auto_dismiss: bool
-    io_status: IoStatus
-    pause_count: int
-    user_paused: bool
-    cancelled: bool
-    force_cancel: bool
-    started: bool
 
 
 def set_status(job: Job, new: JobStatus) -> None:
@@ -213,25 +190,6 @@ class Job:
     def offset(self) -> int:
         """Block jobs: ``offset`` (current progress)."""
         return self.current_progress
-
-    def snapshot(self) -> JobRecord:
-        return JobRecord(
-            id=self.id,
-            type=self.type,
-            status=self.status,
-            current_progress=self.current_progress,
-            total_progress=self.total_progress,
-            speed=self.speed,
-            error=self.error,
-            auto_finalize=self.auto_finalize,
-            auto_dismiss=self.auto_dismiss,
-            io_status=self.io_status,
-            pause_count=self.pause_count,
-            user_paused=self.user_paused,
-            cancelled=self.cancelled,
-            force_cancel=self.force_cancel,
-            started=self._started,
-        )
 
     def block_event_data(self) -> dict[str, Any]:
         """``device, len, offset, speed, type`` in QEMU 7.2's wire order."""

@@ -5,8 +5,9 @@
   error texts and resynchronisation; it yields decoded values and
   :class:`ParseError` items.
 * :func:`encode` writes one message the way QEMU does: compact, ASCII,
-  ``%.17g`` floats, ending in CRLF; :func:`qemu_order` gives a decoded value
-  the member order QEMU prints objects in (for echoing a client's ``id``).
+  ``%.17g`` floats, ending in CRLF; :func:`qemu_order` gives a value the
+  member order QEMU prints objects in (:mod:`qmpjobd.wire.qdict` holds all
+  of QEMU's dictionary orders).
 
 The layer knows JSON and QEMU's reading of it, nothing more: whether a value
 is a valid QMP request is for :mod:`qmpjobd.protocol`. It must not import

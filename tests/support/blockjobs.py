@@ -1,4 +1,5 @@
-"""Helpers for the block job tests: a client that records events compactly."""
+"""Helpers for the block job tests: a client that records events compactly,
+the events it records, nodes to add, and image files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .conftest import RawClient
+from ..conftest import RawClient
 
 Event = tuple[Any, ...]
 
@@ -88,3 +89,26 @@ def write_sparse(path: Path, size: int, extents: list[tuple[int, int]], seed: in
         for offset, length in extents:
             f.seek(offset)
             f.write(rng.randbytes(length))
+
+
+SIZE = 1000123  # node size 1000448 (rounded up to 512), progress 1048576 (64 KiB clusters)
+
+
+def J(status: str, job: str) -> tuple[str, str, str]:
+    return ("J", status, job)
+
+
+def blip(job: str) -> list[Any]:
+    return [J("created", job), J("running", job), J("paused", job), J("running", job)]
+
+
+def done(job: str, length: int, kind: str = "backup") -> dict[str, Any]:
+    return {"device": job, "len": length, "offset": length, "speed": 0, "type": kind}
+
+
+async def add_file(c: JobClient, name: str, path: Path, **extra: Any) -> None:
+    await c.ok("blockdev-add", driver="file", filename=str(path), **{"node-name": name}, **extra)
+
+
+async def add_null(c: JobClient, name: str, size: int = 1 << 20) -> None:
+    await c.ok("blockdev-add", driver="null-co", size=size, **{"node-name": name})

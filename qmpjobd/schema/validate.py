@@ -1,0 +1,257 @@
+"""Argument validation: a walk of the schema in QAPI visitor order, and the
+stock ``jsonschema`` validator the tests cross-check it with.
+
+The walk finds the first error QEMU reports: members in declared order
+(missing, then wrong type, then a bad enum value), then leftover members
+(named in QEMU's hash order). An ``integer`` without bounds is QAPI's
+``int``: a signed 64-bit value. Shared types are reached with
+``$ref: "qmpjobd:type/NAME"``; :meth:`Walker.resolve` follows them (and
+local ``#`` references) for the walk and for introspection alike.
+
+Must not import: jobs, block.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jsonschema
+import referencing
+import referencing.jsonschema
+
+from ..errors import QMPError, QmpJobdError
+from ..wire.qdict import first_unexpected
+
+TYPE_PREFIX: Final = "qmpjobd:type/"
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+class SchemaError(QmpJobdError):
+    """A schema file is malformed (a bug in the shipped schemas)."""
+
+
+def _type_ok(value: object, json_type: str) -> bool:
+    match json_type:
+        case "string":
+            return isinstance(value, str)
+        case "integer":
+            return isinstance(value, int) and not isinstance(value, bool)
+        case "number":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        case "boolean":
+            return isinstance(value, bool)
+        case "object":
+            return isinstance(value, dict)
+        case "array":
+            return isinstance(value, list)
+        case "null":
+            return value is None
+    raise SchemaError(f"unsupported type {json_type!r}")
+
+
+def _python_int_checker(checker: Any, instance: object) -> bool:
+    # QEMU's integer visitor refuses 1.0: only JSON integers are integers.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", _python_int_checker
+)
+StockValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator, type_checker=_TYPE_CHECKER
+)
+
+
+def _full_name(path: tuple[str | int, ...], leaf: str | int | None = None) -> str:
+    parts = (*path, leaf) if leaf is not None else path
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+@dataclass
+class Walker:
+    """Validates an instance in QAPI visitor order."""
+
+    types: Mapping[str, Any]
+
+    def resolve(
+        self, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """Follow ``$ref``s: shared types by name, local ones (``#``, ``#/$defs/X``)
+        within *root*, the document the schema came from. Returns the target and
+        its document."""
+        root = root if root is not None else schema
+        while "$ref" in schema:
+            ref = schema["$ref"]
+            if ref.startswith(TYPE_PREFIX):
+                schema = root = self.types[ref[len(TYPE_PREFIX) :]]
+            elif ref.startswith("#"):
+                target: Any = root
+                for part in ref[1:].split("/")[1:]:
+                    target = target[part.replace("~1", "/").replace("~0", "~")]
+                schema = target
+            else:
+                raise SchemaError(f"unsupported $ref {ref!r}")
+        return schema, root
+
+    def visit(
+        self,
+        schema: Mapping[str, Any],
+        value: object,
+        path: tuple[str | int, ...],
+        name: str | None,
+        root: Mapping[str, Any] | None = None,
+    ) -> None:
+        schema, root = self.resolve(schema, root)
+        if "anyOf" in schema:
+            self.visit_alternate(schema, value, path, name, root)
+            return
+        json_type = schema.get("type")
+        if json_type is None and "enum" in schema:
+            json_type = "string"  # QAPI enums are strings
+        if json_type is not None and not _type_ok(value, json_type):
+            raise QMPError(
+                f"Invalid parameter type for '{_full_name(path) or 'null'}', expected: {json_type}"
+            )
+        if "enum" in schema and value not in schema["enum"]:
+            raise QMPError(
+                f"Parameter '{name if name is not None else 'null'}' "
+                f"does not accept value '{value}'"
+            )
+        if "const" in schema and value != schema["const"]:
+            raise QMPError(
+                f"Parameter '{name if name is not None else 'null'}' "
+                f"does not accept value '{value}'"
+            )
+        if json_type == "integer":
+            assert isinstance(value, int)
+            low = schema.get("minimum", _INT64[0])
+            high = schema.get("maximum", _INT64[1])
+            if not low <= value <= high:
+                raise QMPError(
+                    f"Invalid parameter type for '{_full_name(path)}', expected: integer"
+                )
+        elif json_type == "array":
+            assert isinstance(value, list)
+            items = schema.get("items", {})
+            for index, item in enumerate(value):
+                self.visit(items, item, (*path, index), None, root)
+        elif json_type == "object" and ("properties" in schema or "x-union" in schema):
+            assert isinstance(value, dict)
+            self.visit_members(schema, value, path, root)
+
+    def visit_alternate(
+        self,
+        schema: Mapping[str, Any],
+        value: object,
+        path: tuple[str | int, ...],
+        name: str | None,
+        root: Mapping[str, Any],
+    ) -> None:
+        # QEMU picks an alternate's branch by the JSON type of the value alone.
+        for branch in schema["anyOf"]:
+            resolved, branch_root = self.resolve(branch, root)
+            branch_type = resolved.get("type", "string" if "enum" in resolved else "")
+            if _type_ok(value, branch_type):
+                self.visit(resolved, value, path, name, branch_root)
+                return
+        raise QMPError(
+            f"Invalid parameter type for '{_full_name(path)}', "
+            f"expected: {schema.get('x-qapi-type', 'value')}"
+        )
+
+    def visit_members(
+        self,
+        schema: Mapping[str, Any],
+        value: dict[str, Any],
+        path: tuple[str | int, ...],
+        root: Mapping[str, Any],
+    ) -> None:
+        known: set[str] = set()
+        self.visit_properties(schema, value, path, known, root)
+        union = schema.get("x-union")
+        if union is not None:
+            tag = value.get(union["discriminator"])
+            variant = union["variants"].get(tag) if isinstance(tag, str) else None
+            if variant is not None:
+                variant, variant_root = self.resolve(variant, root)
+                self.visit_properties(variant, value, path, known, variant_root)
+        if schema.get("additionalProperties", True) is False:
+            extra = [key for key in value if key not in known]
+            if extra:
+                leaf = first_unexpected(value, extra)
+                raise QMPError(f"Parameter '{_full_name(path, leaf)}' is unexpected")
+
+    def visit_properties(
+        self,
+        schema: Mapping[str, Any],
+        value: dict[str, Any],
+        path: tuple[str | int, ...],
+        known: set[str],
+        root: Mapping[str, Any],
+    ) -> None:
+        required = schema.get("required", ())
+        for member, subschema in schema.get("properties", {}).items():
+            known.add(member)
+            if member not in value:
+                if member in required:
+                    raise QMPError(f"Parameter '{_full_name(path, member)}' is missing")
+                continue
+            self.visit(subschema, value[member], (*path, member), member, root)
+
+
+def standardise(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn our ``x-union`` annotation into standard JSON Schema, recursively."""
+    out = copy.deepcopy(dict(doc))
+
+    def fix(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                fix(value)
+            if node.get("type") == "integer":
+                # QAPI's int is int64 unless the schema says otherwise.
+                node.setdefault("minimum", _INT64[0])
+                node.setdefault("maximum", _INT64[1])
+            union = node.get("x-union")
+            if union is not None:
+                disc = union["discriminator"]
+                clauses = []
+                for tag, variant in union["variants"].items():
+                    clauses.append(
+                        {
+                            "if": {"properties": {disc: {"const": tag}}, "required": [disc]},
+                            "then": variant,
+                        }
+                    )
+                node["allOf"] = [*node.get("allOf", []), *clauses]
+                if node.get("additionalProperties") is False:
+                    del node["additionalProperties"]
+                    node["unevaluatedProperties"] = False
+        elif isinstance(node, list):
+            for item in node:
+                fix(item)
+
+    fix(out)
+    return out
+
+
+def stock_registry(types: Mapping[str, Mapping[str, Any]]) -> referencing.Registry[Any]:
+    """The shared types, for the stock validator's ``$ref`` lookups."""
+    resources = [
+        (
+            TYPE_PREFIX + name,
+            referencing.Resource.from_contents(
+                standardise(doc), default_specification=referencing.jsonschema.DRAFT202012
+            ),
+        )
+        for name, doc in types.items()
+    ]
+    return referencing.Registry().with_resources(resources)
