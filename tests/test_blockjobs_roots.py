@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_blockjobs_backup import add_null
-from .test_blockjobs_support import JobClient
+from .support.blockjobs import JobClient, add_null
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -1,12 +1,12 @@
 """Several monitors at once, checked against a model of the daemon's books.
 
 Each test runs a batch of seeded interleavings (see
-:mod:`tests.concurrency_model`) on one in-process daemon. CI runs a bounded
+:mod:`tests.support.concurrency_model`) on one in-process daemon. CI runs a bounded
 number; a longer run:
 
     QMPJOBD_MODEL_RUNS=2000 QMPJOBD_MODEL_SEED=12345 pytest tests/test_concurrency_model.py
 
-or ``python -m tests.concurrency_model --runs 5000`` (a random first seed,
+or ``python -m tests.support.concurrency_model --runs 5000`` (a random first seed,
 printed). A failure names its seed; ``QMPJOBD_MODEL_SEED=S
 QMPJOBD_MODEL_RUNS=1`` reruns that one interleaving.
 """
@@ -21,7 +21,7 @@ import pytest
 
 from qmpjobd.app import App, Config
 
-from .concurrency_model import (
+from .support.concurrency_model import (
     error_problem,
     prepare_workdir,
     quit_while_busy,

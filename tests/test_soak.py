@@ -7,7 +7,7 @@ from pathlib import Path
 from bench.soak import soak
 from qmpjobd.app import App
 
-from .concurrency_model import Checker
+from .support.concurrency_model import Checker
 
 
 async def test_ten_clients_ten_cycles_leave_nothing_behind(app: App, sock: Path) -> None:

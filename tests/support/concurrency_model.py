@@ -1355,13 +1355,13 @@ async def run_batch(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.concurrency_model [--runs N] [--seed S]``: a long run."""
+    """``python -m tests.support.concurrency_model [--runs N] [--seed S]``: a long run."""
     import argparse
     import shutil
     import sys
     import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m tests.concurrency_model")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.concurrency_model")
     parser.add_argument("--runs", type=int, default=2000, help="interleavings (default 2000)")
     parser.add_argument(
         "--seed", type=int, default=None, help="first seed (default: random, printed)"
@@ -1382,7 +1382,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{done} interleavings, {done / elapsed:.1f}/s", flush=True)
 
     def describe(s: int) -> str:
-        return f"seed {s} (rerun: python -m tests.concurrency_model --runs 1 --seed {s})"
+        return f"seed {s} (rerun: python -m tests.support.concurrency_model --runs 1 --seed {s})"
 
     failures: list[ModelFailure] | None = [] if args.keep_going else None
     t0 = time.monotonic()
