@@ -33,7 +33,7 @@ _RUNS_ENV = os.environ.get("QMPJOBD_MODEL_RUNS")
 _SEED = int(os.environ.get("QMPJOBD_MODEL_SEED", "20261205"))
 #: CI: three batches of this many, each on its own daemon and time-boxed.
 _CI_BATCH = 100
-_CI_BUDGET = 18.0
+_CI_BUDGET = 15.0
 
 
 def _describe(seed: int) -> str:
