@@ -383,6 +383,15 @@ class BlockJobService:
             # The job exists before it asks for write access to its target.
             self.jobs.discard(job)
             raise QMPError("Block node is read-only")
+        if self._backup_sources[target]:
+            # A running backup's filter does not share writes to its source.
+            # QEMU names that filter by its generated node name; we have none.
+            self.jobs.discard(job)
+            raise QMPError(
+                f"Permission conflict on node '{target.node_name}': permissions 'write' are "
+                f"both required by an unnamed block device (uses node '{target.node_name}' "
+                "as 'root' child) and unshared by the filter of a backup job"
+            )
         if target_ref is not None:
             driver.hold(target_ref.release)
         driver.hold(source.block_job("mirror").release)

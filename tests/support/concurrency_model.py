@@ -188,6 +188,10 @@ BACKUP = [
 MIRROR = [
     NOT_FOUND_NODE,
     PERMISSION,
+    # qmpjobd's wording again: QEMU names the backup's filter node
+    rf"Permission conflict on node {_Q}: permissions 'write' are both required by an unnamed "
+    r"block device \(uses node '(?P=a)' as 'root' child\) and unshared by the filter of a "
+    "backup job",
     BUSY,
     *JOB_ID,
     SPEED,
