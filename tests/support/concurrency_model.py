@@ -1,35 +1,44 @@
 """A model-based concurrency checker: several monitors act on one daemon at once.
 
 One *interleaving* connects a few raw socket clients to an in-process daemon
-and runs a random script on each of them concurrently: node adds and deletes
-(``null-co``, slow ``null-co`` with ``latency-ns``, ``file``, ``raw``),
-job-starting commands (``blockdev-backup``, ``blockdev-mirror``,
-``drive-backup``, ``drive-mirror``, ``blockdev-create``, ``transaction`` with
-backup actions in either completion mode) and every job verb, on shared and
-private nodes and jobs. The scripts come from a seed; the timing is whatever
-the event loop makes of them, which is the point.
+and runs random steps on each of them concurrently: node adds and deletes
+(``null-co``, slow ``null-co`` with ``latency-ns``, ``file``, ``raw``, faulty
+``raw`` over ``blkdebug``), job-starting commands (``blockdev-backup``,
+``blockdev-mirror``, ``drive-backup``, ``drive-mirror``, ``blockdev-create``,
+``transaction`` with backup and abort actions in either completion mode,
+with speeds and error policies) and every job verb, on shared and private
+nodes and jobs, sometimes pipelined; sometimes one more monitor sends a few
+commands and vanishes while they run. Each client draws its steps from its
+own seeded generator as it goes, mostly among the nodes and jobs that exist
+at that moment; the timing is whatever the event loop makes of them, which
+is the point.
 
 What is checked (see :class:`Checker`):
 
-* after every reply: no ``Internal error``; every error's class and text is
-  one QEMU gives for that command (:data:`ALLOWED`), naming what the
-  command named; and, in-process, the daemon's books balance: each job's
-  pause count is its user pause plus the drained sections that hold it
-  (plus one before it starts), no job is parked without a pause, every
-  node a live job uses is still in the graph, and every node's references,
-  job holds, backends and filter marks are exactly what the live jobs and
-  the monitor account for;
-* once the scripts are done and nothing is in flight: no drained section
-  is open and no job is paused except by its user;
-* at the end: every job can be driven to ``null`` (cancel, complete,
-  finalize, dismiss), then every node can be deleted, and nothing is left
-  (jobs, tasks, sections, nodes, marks); every monitor saw the same event
-  stream, byte for byte; each job's ``JOB_STATUS_CHANGE`` events are a legal
-  path through the transition table, with the ``BLOCK_JOB_*`` events in
-  their place; nothing was logged at error level.
+* after every reply: it carries its request's id, in request order; no
+  ``Internal error``; every error's class and text is one QEMU gives for
+  that command (:data:`ALLOWED`, held against a live qemu-storage-daemon by
+  the tests), naming what the command named, and a verb error names a state
+  the verb table refuses; a job-starting command's ``created`` and
+  ``running`` precede its return; and, in-process, the daemon's books
+  balance: each job's pause count is its user pause plus the drained
+  sections that hold it (plus one before it starts), no job is parked
+  without a pause or busy while parked, every node a live job uses is still
+  in the graph and open, and every node's references, job holds, backends
+  and filter marks are exactly what the live jobs and the monitor account
+  for;
+* once every command was answered: no drained section is open and no job
+  is paused except by its user;
+* at the end: every job can be driven to ``null`` (cancel, finalize,
+  dismiss), then every node can be deleted, and nothing is left (jobs,
+  tasks, sections, nodes, marks, file descriptors); every monitor saw the
+  same event stream, byte for byte (a monitor that came and went saw a
+  stretch of it); each job's events are a legal path through the transition
+  table, with the ``BLOCK_JOB_*`` events in their place and timestamps in
+  order; nothing was logged at error level.
 
-A failure raises :class:`ModelFailure` with the seed, the scripts and the
-trace of what happened, in order.
+A failure raises :class:`ModelFailure` with the seed, the steps each client
+sent and the trace of what happened, in order.
 """
 
 from __future__ import annotations
