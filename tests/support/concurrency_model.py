@@ -1147,6 +1147,14 @@ class Interleaving:
             for _ in range(3):
                 await asyncio.sleep(0)
             problems = self.checker.settled() + self.checker.books()
+            # and as a client sees it: paused only by its user
+            reply = await self.execute(clients[0], "c0", "query-block-jobs", None)
+            for info in reply["return"]:
+                job = self.app.jobs.get(info["device"])
+                if (info["paused"] or info["status"] in ("paused", "standby")) and not (
+                    job is not None and job.user_paused
+                ):
+                    problems.append(f"query-block-jobs shows a job paused by nobody: {info}")
             if problems:
                 self.fail("once every command was answered", problems)
             await self.drive_to_null(clients[0])
