@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .block import BlockGraph
+from .blockjobs import BlockJobEvents
 from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
 from .commands.block import block_commands
@@ -46,6 +47,7 @@ class App:
         self.schemas = SchemaSet()
         self.bus = EventBus(self.clock)
         self.jobs = JobManager(self.bus, self.clock)
+        self.jobs.add_listener(BlockJobEvents(self.bus))
         self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
         self._stop = asyncio.Event()
         #: Set once every socket listens.

@@ -201,3 +201,15 @@ def test_test_helpers_live_in_tests_support() -> None:
     tests = Path(__file__).parent
     assert sorted(p.name for p in tests.glob("test_*_support.py")) == []
     assert (tests / "support" / "__init__.py").exists()
+
+
+def test_the_job_engine_knows_no_block_job() -> None:
+    """jobs/ is generic: block-job events and query rows live in blockjobs/,
+    which hears of a job's life through the engine's listener hook."""
+    for path in sorted((PACKAGE / "jobs").rglob("*.py")):
+        text = path.read_text()
+        assert "BLOCK_JOB_" not in text, path
+        assert "BlockJobInfo" not in text and "block_job" not in text, path
+    events = (PACKAGE / "blockjobs" / "events.py").read_text()
+    for name in ("READY", "PENDING", "COMPLETED", "CANCELLED", "ERROR"):
+        assert f'"BLOCK_JOB_{name}"' in events

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from qmpjobd.blockjobs import BlockJobInfo, block_job_cancel, find_block_job, query_block_jobs
 from qmpjobd.errors import ErrorClass, QMPError
-from qmpjobd.jobs import BlockJobInfo, JobInfo, JobStatus, JobType, Transaction
+from qmpjobd.jobs import JobInfo, JobStatus, JobType, Transaction
 
 from .support.jobs import Harness, ScriptedDriver, make_harness
 
@@ -91,7 +92,7 @@ async def test_c_mirror_ready_then_complete(h: Harness) -> None:
     job, drv = await h.running_job("m1", mirror())
     await drv.step(("total", 8), ("progress", 8), "ready")
     assert h.rec.take() == ["m1:created", "m1:running", "m1:ready", "READY(m1)"]
-    ready = h.mgr.query_block_jobs()[0]
+    ready = query_block_jobs(h.mgr)[0]
     assert ready.ready and ready.status == "ready" and not ready.paused
     h.mgr.complete(job)
     assert job.should_complete
@@ -189,7 +190,7 @@ async def test_d_cancel_running(h: Harness) -> None:
 async def test_d_block_job_cancel_soft_on_backup_forces(h: Harness) -> None:
     job, drv = await h.running_job("j1", ScriptedDriver(kind="backup"))
     h.rec.take()
-    h.mgr.block_job_cancel(job, "j1", force=False)
+    block_job_cancel(h.mgr, job, "j1", force=False)
     assert job.force_cancel
     await drv.step("tick")
     assert h.rec.seq() == ["j1:aborting", "CANCELLED(j1)", "j1:concluded", "j1:null"]
@@ -201,7 +202,7 @@ async def test_d_cancel_user_paused_resumes_first(h: Harness) -> None:
     await drv.step("tick")
     assert h.rec.take() == ["j1:created", "j1:running", "j1:paused"]
     with pytest.raises(QMPError) as exc:
-        h.mgr.block_job_cancel(job, "dev-text", force=False)
+        block_job_cancel(h.mgr, job, "dev-text", force=False)
     assert exc.value.desc == "The block job for device 'dev-text' is currently paused"
     assert exc.value.error_class is ErrorClass.GENERIC_ERROR
     v = drv.mark()
@@ -211,7 +212,7 @@ async def test_d_cancel_user_paused_resumes_first(h: Harness) -> None:
     await drv.wait_blocked(v)
     assert h.rec.take() == ["j1:running", "j1:aborting", "CANCELLED(j1)", "j1:concluded"]
     assert h.mgr.query_jobs() == [JobInfo(0, "concluded", 0, "backup", "j1", "Operation canceled")]
-    info = h.mgr.query_block_jobs()[0]
+    info = query_block_jobs(h.mgr)[0]
     assert info.error == "Operation canceled" and info.status == "concluded"
     with pytest.raises(
         QMPError, match=r"^Job 'j1' in state 'concluded' cannot accept command verb 'cancel'$"
@@ -227,7 +228,7 @@ async def test_d_force_block_job_cancel_when_paused(h: Harness) -> None:
     await drv.step("tick")
     h.rec.take()
     v = drv.mark()
-    h.mgr.block_job_cancel(job, "j1", force=True)
+    block_job_cancel(h.mgr, job, "j1", force=True)
     await drv.wait_blocked(v)
     assert h.rec.seq() == ["j1:running", "j1:aborting", "CANCELLED(j1)", "j1:concluded", "j1:null"]
 
@@ -239,7 +240,7 @@ async def test_e_soft_cancel_in_ready_completes(h: Harness) -> None:
     job, drv = await h.running_job("m1", mirror())
     await drv.step("ready")
     h.rec.take()
-    h.mgr.block_job_cancel(job, "m1", force=False)
+    block_job_cancel(h.mgr, job, "m1", force=False)
     assert job.cancel_requested and not job.is_cancelled
     await drv.step("tick")
     assert h.rec.seq() == ["m1:waiting", "m1:pending", "COMPLETED(m1)", "m1:concluded", "m1:null"]
@@ -251,18 +252,18 @@ async def test_e_soft_cancel_in_ready_manual_finalize(h: Harness) -> None:
     job, drv = await h.running_job("m1", mirror(), auto_finalize=False)
     await drv.step("ready")
     h.rec.take()
-    h.mgr.block_job_cancel(job, "m1", force=False)
+    block_job_cancel(h.mgr, job, "m1", force=False)
     await drv.step("tick")
     assert h.rec.take() == ["m1:waiting", "m1:pending", "PENDING(m1)"]
     # in PENDING a soft cancel is a force cancel: the mirror is no longer READY
-    h.mgr.block_job_cancel(job, "m1", force=False)
+    block_job_cancel(h.mgr, job, "m1", force=False)
     assert h.rec.seq() == ["m1:aborting", "CANCELLED(m1)", "m1:concluded", "m1:null"]
 
 
 async def test_e_soft_cancel_then_complete_refused(h: Harness) -> None:
     job, drv = await h.running_job("m1", mirror())
     await drv.step("ready")
-    h.mgr.block_job_cancel(job, "m1", force=False)
+    block_job_cancel(h.mgr, job, "m1", force=False)
     with pytest.raises(QMPError, match=r"^The active block job 'm1' cannot be completed$"):
         h.mgr.complete(job)
 
@@ -275,7 +276,7 @@ async def test_e_force_cancel_in_ready(h: Harness, how: str) -> None:
     if how == "job-cancel":
         h.mgr.cancel(job)
     else:
-        h.mgr.block_job_cancel(job, "m1", force=True)
+        block_job_cancel(h.mgr, job, "m1", force=True)
     await drv.step("tick")
     assert h.rec.seq() == ["m1:aborting", "CANCELLED(m1)", "m1:concluded", "m1:null"]
 
@@ -287,7 +288,7 @@ async def test_e_cancel_in_standby(h: Harness) -> None:
     await drv.step("tick")
     h.rec.take()
     with pytest.raises(QMPError, match=r"^The block job for device 'm6' is currently paused$"):
-        h.mgr.block_job_cancel(job, "m6", force=False)
+        block_job_cancel(h.mgr, job, "m6", force=False)
     v = drv.mark()
     h.mgr.cancel(job)
     await drv.wait_blocked(v)
@@ -308,7 +309,7 @@ async def test_f_report(h: Harness) -> None:
         "j1:concluded",
     ]
     assert h.mgr.query_jobs()[0].error == "Input/output error"
-    assert h.mgr.query_block_jobs()[0].error == "Input/output error"
+    assert query_block_jobs(h.mgr)[0].error == "Input/output error"
     assert job.io_status == "ok"
 
 
@@ -327,7 +328,7 @@ async def test_f_stop(h: Harness, code: int, iostatus: str) -> None:
     h.rec.take()
     await drv.step(("ioerr", "write", "stop", code))
     assert h.rec.take() == ["ERROR(j1,write,stop)", "j1:paused"]
-    info = h.mgr.query_block_jobs()[0]
+    info = query_block_jobs(h.mgr)[0]
     assert (info.io_status, info.paused, info.status, info.busy) == (
         iostatus,
         True,
@@ -337,7 +338,7 @@ async def test_f_stop(h: Harness, code: int, iostatus: str) -> None:
     with pytest.raises(QMPError, match=r"^Job is already paused$"):
         h.mgr.pause(job)
     with pytest.raises(QMPError, match="currently paused"):
-        h.mgr.block_job_cancel(job, "j1", force=False)
+        block_job_cancel(h.mgr, job, "j1", force=False)
     v = drv.mark()
     h.mgr.resume(job)
     await drv.wait_blocked(v)
@@ -675,9 +676,9 @@ async def test_i_create_job_success(h: Harness) -> None:
         "cr1:concluded",
     ]
     assert h.mgr.query_jobs() == [JobInfo(1, "concluded", 1, "create", "cr1")]
-    assert h.mgr.query_block_jobs() == []
+    assert query_block_jobs(h.mgr) == []
     with pytest.raises(QMPError) as exc:
-        h.mgr.find_block_job("cr1")
+        find_block_job(h.mgr, "cr1")
     assert (exc.value.desc, exc.value.error_class) == (
         "Block job 'cr1' not found",
         ErrorClass.DEVICE_NOT_ACTIVE,
@@ -801,7 +802,7 @@ async def test_sleep_timer_expires(h: Harness) -> None:
 async def test_busy_and_query_block_jobs(h: Harness) -> None:
     job, drv = await h.running_job("j1", speed=7)
     await drv.step(("total", 50), ("progress", 5))
-    assert h.mgr.query_block_jobs() == [
+    assert query_block_jobs(h.mgr) == [
         BlockJobInfo(
             auto_finalize=True,
             io_status="ok",
@@ -818,7 +819,7 @@ async def test_busy_and_query_block_jobs(h: Harness) -> None:
         )
     ]
     job.progress_increase_remaining(10)
-    assert (job.len, job.offset) == (60, 5)
+    assert (job.total_progress, job.current_progress) == (60, 5)
 
 
 # ------------------------------------------------------------ quit with jobs

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from qmpjobd.blockjobs import block_job_cancel, is_block_job
 from qmpjobd.errors import QMPError
 from qmpjobd.jobs import Job, JobStatus, JobType, Transaction
 
@@ -166,7 +167,7 @@ class JobMachine(RuleBasedStateMachine):
             "pause": lambda: mgr.pause(job),
             "resume": lambda: mgr.resume(job),
             "cancel": lambda: mgr.cancel(job),
-            "block-cancel": lambda: mgr.block_job_cancel(job, job.id, force=flag),
+            "block-cancel": lambda: block_job_cancel(mgr, job, job.id, force=flag),
             "complete": lambda: mgr.complete(job),
             "finalize": lambda: mgr.finalize(job),
             "dismiss": lambda: mgr.dismiss(job),
@@ -245,10 +246,10 @@ class JobMachine(RuleBasedStateMachine):
         m = self.pick(index)
         assert m is not None
         if up:
-            self.loop.run_until_complete(_call(m.job._pause))
+            self.loop.run_until_complete(_call(m.job.request_pause))
             m.internal += 1
         elif m.internal > 0:
-            self.loop.run_until_complete(_call(m.job._resume))
+            self.loop.run_until_complete(_call(m.job.drop_pause))
             m.internal -= 1
         self.settle()
 
@@ -291,7 +292,7 @@ class JobMachine(RuleBasedStateMachine):
             if ev.name == "JOB_STATUS_CHANGE" and ev.data["status"] == "concluded":
                 m = by_id[ev.data["id"]]
                 prev = events[i - 1]
-                if m.started and m.job.is_block_job:
+                if m.started and is_block_job(m.job):
                     expected = (
                         "BLOCK_JOB_CANCELLED" if m.job.force_cancel else "BLOCK_JOB_COMPLETED"
                     )

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from qmpjobd.blockjobs import BLOCK_JOB_TYPES
 from qmpjobd.events import EventBus
 from qmpjobd.jobs import (
-    BLOCK_JOB_TYPES,
     TRANSITIONS,
     VERB_TABLE,
     JobStateError,

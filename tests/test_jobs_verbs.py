@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from qmpjobd.blockjobs import find_block_job, query_block_jobs
 from qmpjobd.errors import ErrorClass, QMPError
 from qmpjobd.jobs import Job, JobManager, JobStatus, JobType, JobVerb, Transaction
 
@@ -154,7 +155,7 @@ async def test_set_speed(h: Harness) -> None:
     job = await job_in(h, JobStatus.RUNNING)
     h.mgr.set_speed(job, 1 << 20)
     assert job.speed == 1 << 20
-    assert h.mgr.query_block_jobs()[0].speed == 1 << 20
+    assert query_block_jobs(h.mgr)[0].speed == 1 << 20
     with pytest.raises(QMPError, match=r"^Parameter 'speed' expects a non-negative value$"):
         h.mgr.set_speed(job, -1)
     assert job.speed == 1 << 20
@@ -186,13 +187,13 @@ async def test_lookup_errors(h: Harness) -> None:
         h.mgr.find("nope")
     assert (exc.value.desc, exc.value.error_class) == ("Job not found", ErrorClass.GENERIC_ERROR)
     with pytest.raises(QMPError) as exc:
-        h.mgr.find_block_job("nope")
+        find_block_job(h.mgr, "nope")
     assert (exc.value.desc, exc.value.error_class) == (
         "Block job 'nope' not found",
         ErrorClass.DEVICE_NOT_ACTIVE,
     )
     job, _ = h.job("b1", start=False)
-    assert h.mgr.find("b1") is job and h.mgr.find_block_job("b1") is job
+    assert h.mgr.find("b1") is job and find_block_job(h.mgr, "b1") is job
 
 
 @pytest.mark.parametrize(
@@ -237,7 +238,7 @@ async def test_query_lists_newest_first(h: Harness) -> None:
     h.job("b", ScriptedDriver(JobType.CREATE), start=False)
     h.job("c", start=False)
     assert [i.id for i in h.mgr.query_jobs()] == ["c", "b", "a"]
-    assert [i.device for i in h.mgr.query_block_jobs()] == ["c", "a"]
+    assert [i.device for i in query_block_jobs(h.mgr)] == ["c", "a"]
     assert [j.id for j in h.mgr.jobs_newest_first()] == ["c", "b", "a"]
-    created = h.mgr.query_block_jobs()[0]
+    created = query_block_jobs(h.mgr)[0]
     assert created.paused and not created.busy and created.status == "created"

@@ -16,21 +16,37 @@ JSON, wire, protocol, schema or commands.
 
 from .copy import CLUSTER, Copier
 from .drivers import BackupDriver, BlockJobDriver, CreateDriver, MirrorDriver
+from .events import (
+    BLOCK_JOB_TYPES,
+    BlockJobEvents,
+    BlockJobInfo,
+    block_job_cancel,
+    find_block_job,
+    is_block_job,
+    query_block_jobs,
+)
 from .policy import ON_ERROR_VALUES, OnError, error_action
 from .ratelimit import SLICE_SECONDS, RateLimiter
 from .service import BlockJobService
 
 __all__ = [
+    "BLOCK_JOB_TYPES",
     "CLUSTER",
     "ON_ERROR_VALUES",
     "SLICE_SECONDS",
     "BackupDriver",
     "BlockJobDriver",
+    "BlockJobEvents",
+    "BlockJobInfo",
     "BlockJobService",
     "Copier",
     "CreateDriver",
     "MirrorDriver",
     "OnError",
     "RateLimiter",
+    "block_job_cancel",
     "error_action",
+    "find_block_job",
+    "is_block_job",
+    "query_block_jobs",
 ]

@@ -65,6 +65,10 @@ class BlockJobDriver(JobDriver):
     def set_speed(self, job: Job, speed: int) -> None:
         self.limiter.set_speed(speed)
 
+    def user_resume(self, job: Job) -> None:
+        """Resuming a block job resets its io-status (QEMU's block_job_user_resume)."""
+        job.io_status = "ok"
+
     def clean(self, job: Job) -> None:
         self.release_all()
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..jobs import BlockJobInfo, JobInfo, JobManager
+from .. import blockjobs
+from ..blockjobs import BlockJobInfo
+from ..jobs import JobInfo, JobManager
 from . import Handler, SessionControl
 
 
@@ -31,7 +33,7 @@ def job_commands(jobs: JobManager) -> list[tuple[str, Handler]]:
         return [_wire(info) for info in jobs.query_jobs()]
 
     def query_block_jobs(session: SessionControl, args: dict[str, Any]) -> Any:
-        return [_wire(info) for info in jobs.query_block_jobs()]
+        return [_wire(info) for info in blockjobs.query_block_jobs(jobs)]
 
     def job_pause(session: SessionControl, args: dict[str, Any]) -> Any:
         jobs.pause(jobs.find(args["id"]))
@@ -58,32 +60,34 @@ def job_commands(jobs: JobManager) -> list[tuple[str, Handler]]:
         return {}
 
     def block_job_set_speed(session: SessionControl, args: dict[str, Any]) -> Any:
-        jobs.set_speed(jobs.find_block_job(args["device"]), args["speed"])
+        jobs.set_speed(blockjobs.find_block_job(jobs, args["device"]), args["speed"])
         return {}
 
     def block_job_cancel(session: SessionControl, args: dict[str, Any]) -> Any:
         device = args["device"]
-        jobs.block_job_cancel(jobs.find_block_job(device), device, args.get("force", False))
+        blockjobs.block_job_cancel(
+            jobs, blockjobs.find_block_job(jobs, device), device, args.get("force", False)
+        )
         return {}
 
     def block_job_pause(session: SessionControl, args: dict[str, Any]) -> Any:
-        jobs.pause(jobs.find_block_job(args["device"]))
+        jobs.pause(blockjobs.find_block_job(jobs, args["device"]))
         return {}
 
     def block_job_resume(session: SessionControl, args: dict[str, Any]) -> Any:
-        jobs.resume(jobs.find_block_job(args["device"]))
+        jobs.resume(blockjobs.find_block_job(jobs, args["device"]))
         return {}
 
     def block_job_complete(session: SessionControl, args: dict[str, Any]) -> Any:
-        jobs.complete(jobs.find_block_job(args["device"]))
+        jobs.complete(blockjobs.find_block_job(jobs, args["device"]))
         return {}
 
     def block_job_finalize(session: SessionControl, args: dict[str, Any]) -> Any:
-        jobs.finalize(jobs.find_block_job(args["id"]))
+        jobs.finalize(blockjobs.find_block_job(jobs, args["id"]))
         return {}
 
     def block_job_dismiss(session: SessionControl, args: dict[str, Any]) -> Any:
-        jobs.dismiss(jobs.find_block_job(args["id"]))
+        jobs.dismiss(blockjobs.find_block_job(jobs, args["id"]))
         return {}
 
     # Registration order follows QEMU's, so query-commands lists them alike.

@@ -14,12 +14,11 @@ from .job import (
     IoStatus,
     Job,
     JobStateError,
-    Transaction,
     set_status,
 )
-from .manager import BlockJobInfo, JobInfo, JobManager
+from .listener import JobListener
+from .manager import JobInfo, JobManager
 from .tables import (
-    BLOCK_JOB_TYPES,
     COMPLETED_STATUSES,
     TRANSITIONS,
     VERB_TABLE,
@@ -29,13 +28,12 @@ from .tables import (
     transition_allowed,
     verb_allowed,
 )
+from .txn import Transaction
 
 __all__ = [
-    "BLOCK_JOB_TYPES",
     "COMPLETED_STATUSES",
     "TRANSITIONS",
     "VERB_TABLE",
-    "BlockJobInfo",
     "ErrorAction",
     "IoOperation",
     "IoStatus",
@@ -43,6 +41,7 @@ __all__ = [
     "JobDriver",
     "JobFailure",
     "JobInfo",
+    "JobListener",
     "JobManager",
     "JobStateError",
     "JobStatus",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import QmpJobdError
-from .tables import BLOCK_JOB_TYPES, JobType
+from .tables import JobType
 
 if TYPE_CHECKING:
     from .job import Job
@@ -52,7 +52,7 @@ class JobDriver:
     The synchronous hooks run on the event loop and must not block.
     """
 
-    #: The job's type; block job types get BLOCK_JOB_* events.
+    #: The job's type.
     job_type: JobType
 
     #: The complete hook, or ``None`` for job types that cannot be completed
@@ -94,8 +94,6 @@ class JobDriver:
 
         Block jobs reset their io-status here.
         """
-        if job.type in BLOCK_JOB_TYPES:
-            job.io_status = "ok"
 
     def set_speed(self, job: Job, speed: int) -> None:
         """Called after ``job.speed`` changed (creation or set-speed)."""

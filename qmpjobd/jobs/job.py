@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..events import EventBus
-from .tables import BLOCK_JOB_TYPES, COMPLETED_STATUSES, TRANSITIONS, JobStatus, JobType
+from .tables import COMPLETED_STATUSES, TRANSITIONS, JobStatus, JobType
 
 if TYPE_CHECKING:
     from .driver import JobDriver
+    from .listener import JobListener
+    from .txn import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +42,12 @@ class JobHost(Protocol):
     @property
     def bus(self) -> EventBus: ...
 
+    @property
+    def listeners(self) -> tuple[JobListener, ...]: ...
+
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None: ...
 
     def _job_activity(self) -> None: ...
-
-
-class Transaction:
-    """A set of jobs that complete together.
-
-    ``jobs`` lists the members newest first. A job started alone gets a
-    transaction of its own. Only a *grouped* transaction is shared: the job
-    manager gives each job created with a non-grouped transaction a fresh
-    one-member transaction (QEMU's "individual" completion mode).
-    """
-
-    __slots__ = ("_abort_in_progress", "aborting", "grouped", "jobs")
-
-    def __init__(self, grouped: bool = True) -> None:
-        self.grouped = grouped
-        self.jobs: list[Job] = []
-        self.aborting = False
-        self._abort_in_progress = False
-
-    def __repr__(self) -> str:
-        ids = [j.id for j in self.jobs]
-        return f"Transaction(grouped={self.grouped}, jobs={ids}, aborting={self.aborting})"
 
 
 def set_status(job: Job, new: JobStatus) -> None:
@@ -139,10 +122,6 @@ class Job:
     # ----------------------------------------------------------------- views
 
     @property
-    def is_block_job(self) -> bool:
-        return self.type in BLOCK_JOB_TYPES
-
-    @property
     def started(self) -> bool:
         return self._started
 
@@ -153,12 +132,12 @@ class Job:
 
     @property
     def paused(self) -> bool:
-        """BlockJobInfo ``paused``: a pause was requested (pause_count > 0)."""
+        """A pause was requested (pause_count > 0)."""
         return self.pause_count > 0
 
     @property
     def ready(self) -> bool:
-        """BlockJobInfo ``ready``: READY or STANDBY."""
+        """READY or STANDBY."""
         return self.status in (JobStatus.READY, JobStatus.STANDBY)
 
     @property
@@ -175,31 +154,6 @@ class Job:
     def cancel_requested(self) -> bool:
         """Any cancel (soft or force) was requested."""
         return self.cancelled
-
-    @property
-    def device(self) -> str:
-        """Block jobs: the ``device`` of BlockJobInfo and events (the job id)."""
-        return self.id
-
-    @property
-    def len(self) -> int:
-        """Block jobs: ``len`` (total progress)."""
-        return self.total_progress
-
-    @property
-    def offset(self) -> int:
-        """Block jobs: ``offset`` (current progress)."""
-        return self.current_progress
-
-    def block_event_data(self) -> dict[str, Any]:
-        """``device, len, offset, speed, type`` in QEMU 7.2's wire order."""
-        return {
-            "device": self.id,
-            "len": self.total_progress,
-            "offset": self.current_progress,
-            "speed": self.speed,
-            "type": self.type._value_,
-        }
 
     # -------------------------------------------------------------- progress
 
@@ -244,29 +198,77 @@ class Job:
         await self.pause_point()
 
     def transition_to_ready(self) -> None:
-        """RUNNING -> READY, with BLOCK_JOB_READY for block jobs."""
+        """RUNNING -> READY; the listeners hear of it right after."""
         set_status(self, JobStatus.READY)
-        if self.is_block_job:
-            self._host.bus.publish("BLOCK_JOB_READY", self.block_event_data())
+        for listener in self._host.listeners:
+            listener.job_ready(self)
 
     def report_io_error(self, operation: IoOperation, action: ErrorAction, errno: int) -> None:
         """Report a failed I/O request with the action the error policy chose.
 
-        Publishes BLOCK_JOB_ERROR. For ``stop`` the job is paused as by the
-        user (unless it already is) and io-status becomes ``failed``
+        The listeners hear of it first. For ``stop`` the job is paused as by
+        the user (unless it already is) and io-status becomes ``failed``
         (``nospace`` for ENOSPC) if it was ``ok``; the driver parks at its
         next pause point and retries after resume.
         """
-        if self.is_block_job:
-            self._host.bus.publish(
-                "BLOCK_JOB_ERROR", {"device": self.id, "operation": operation, "action": action}
-            )
+        for listener in self._host.listeners:
+            listener.job_io_error(self, operation, action)
         if action == "stop":
             if not self.user_paused:
-                self._pause()
+                self.request_pause()
                 self.user_paused = True
             if self.io_status == "ok":
                 self.io_status = "nospace" if errno == _errno.ENOSPC else "failed"
+
+    # ------------------------------------------------- the engine's runner API
+
+    @property
+    def run_over(self) -> bool:
+        """The driver's run has ended; what follows is the engine's."""
+        return self._deferred
+
+    @property
+    def parked(self) -> bool:
+        """Parked at a pause point (PAUSED or STANDBY)."""
+        return self._parked
+
+    def start_run(self) -> None:
+        """CREATED -> RUNNING. A job started while a pause is requested (in a
+        drained section) parks right here, as QEMU's synchronous entry does."""
+        self._started = True
+        self.pause_count -= 1
+        self._busy = True
+        set_status(self, JobStatus.RUNNING)
+        if self._should_pause():
+            self._park()
+
+    async def run_prologue(self) -> None:
+        """The first thing the job's task does: wait out a pause taken at
+        start, then pass the first pause point."""
+        if self._waker is not None:  # parked at start
+            await self._wait_woken()
+            self.driver.resume(self)
+        await self.pause_point()
+
+    def end_run(self) -> None:
+        """The driver's run is over (whatever its outcome)."""
+        self._deferred = True
+        self._busy = False
+
+    def set_idle(self) -> None:
+        """Not busy any more (a job leaving for NULL)."""
+        self._busy = False
+
+    def drop_user_pause(self) -> None:
+        """Forget the user's pause without waking the job (a cancel does that)."""
+        self.user_paused = False
+        self.pause_count -= 1
+
+    def stop_timer(self) -> None:
+        """Shutdown: cancel a pending sleep timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # ------------------------------------------------------- engine-internal
 
@@ -301,9 +303,9 @@ class Job:
 
     def _timer_fired(self) -> None:
         self._timer = None
-        self._enter()
+        self.wake()
 
-    def _enter(self, when: Literal["always", "timer_pending", "no_timer"] = "always") -> None:
+    def wake(self, when: Literal["always", "timer_pending", "no_timer"] = "always") -> None:
         """Wake the job's task if it is parked or sleeping (QEMU's job_enter_cond).
 
         A parked job returns to the state it parked from right here, so its
@@ -326,17 +328,17 @@ class Job:
             self._waker.set_result(None)
         self._host._job_activity()
 
-    def _pause(self) -> None:
+    def request_pause(self) -> None:
         """An internal or user pause request (QEMU's job_pause)."""
         self.pause_count += 1
         if not self._parked:
-            self._enter()
+            self.wake()
 
-    def _resume(self) -> None:
+    def drop_pause(self) -> None:
         """Drop one pause request (QEMU's job_resume)."""
         if self.pause_count <= 0:
             raise JobStateError(f"job {self.id!r}: resume with pause_count 0")
         self.pause_count -= 1
         if self.pause_count == 0:
             # A sleeping job keeps its timer; only a parked job is kicked.
-            self._enter("no_timer")
+            self.wake("no_timer")

@@ -18,17 +18,19 @@ import contextlib
 import errno as _errno
 import functools
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..clock import Clock
-from ..errors import ErrorClass, QMPError
+from ..errors import QMPError
 from ..events import EventBus
+from . import txn as _txn
 from .driver import JobDriver, JobFailure
-from .job import IoStatus, Job, JobStateError, Transaction, set_status
+from .job import Job, JobStateError, set_status
+from .listener import JobListener
 from .tables import JobStatus, JobVerb, verb_allowed
+from .txn import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +44,6 @@ class JobInfo:
     total_progress: int
     type: str
     id: str
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BlockJobInfo:
-    """One ``query-block-jobs`` entry; fields in QEMU 7.2's wire order."""
-
-    auto_finalize: bool
-    io_status: IoStatus
-    device: str
-    auto_dismiss: bool
-    busy: bool
-    len: int
-    offset: int
-    status: str
-    paused: bool
-    speed: int
-    ready: bool
-    type: str
     error: str | None = None
 
 
@@ -114,7 +97,7 @@ class _Drained(contextlib.AbstractAsyncContextManager[None]):
         manager._drain_sections.append(section)
         try:
             for job in jobs:
-                job._pause()
+                job.request_pause()
             if jobs:
                 await manager._wait_for(lambda: all(not j.busy or j.completed for j in jobs))
         except BaseException:
@@ -136,7 +119,7 @@ class _Drained(contextlib.AbstractAsyncContextManager[None]):
                     break
         finally:
             for job in section.jobs:
-                job._resume()
+                job.drop_pause()
 
 
 class JobManager:
@@ -154,12 +137,21 @@ class JobManager:
         self._tasks: dict[Job, asyncio.Task[None]] = {}
         self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
+        self._listeners: tuple[JobListener, ...] = ()
+
+    def add_listener(self, listener: JobListener) -> None:
+        """Have ``listener`` told about every job's life from now on."""
+        self._listeners = (*self._listeners, listener)
 
     # ------------------------------------------------------- JobHost protocol
 
     @property
     def bus(self) -> EventBus:
         return self._bus
+
+    @property
+    def listeners(self) -> tuple[JobListener, ...]:
+        return self._listeners
 
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
         if new is JobStatus.NULL and self._jobs.get(job.id) is job:
@@ -193,13 +185,6 @@ class JobManager:
             raise QMPError("Job not found")
         return job
 
-    def find_block_job(self, device: str) -> Job:
-        """:raise QMPError: DeviceNotActive "Block job '%s' not found"."""
-        job = self.get(device)
-        if job is None or not job.is_block_job:
-            raise QMPError(f"Block job '{device}' not found", ErrorClass.DEVICE_NOT_ACTIVE)
-        return job
-
     def query_jobs(self) -> list[JobInfo]:
         return [
             JobInfo(
@@ -211,27 +196,6 @@ class JobManager:
                 error=job.error,
             )
             for job in reversed(self._jobs.values())
-        ]
-
-    def query_block_jobs(self) -> list[BlockJobInfo]:
-        return [
-            BlockJobInfo(
-                auto_finalize=job.auto_finalize,
-                io_status=job.io_status,
-                device=job.id,
-                auto_dismiss=job.auto_dismiss,
-                busy=job.busy,
-                len=job.total_progress,
-                offset=job.current_progress,
-                status=job.status._value_,
-                paused=job.paused,
-                speed=job.speed,
-                ready=job.ready,
-                type=job.type._value_,
-                error=job.error if job.ret != 0 else None,
-            )
-            for job in reversed(self._jobs.values())
-            if job.is_block_job
         ]
 
     # -------------------------------------------------------- create / start
@@ -272,7 +236,7 @@ class JobManager:
                 section.jobs.insert(0, job)
             else:
                 continue
-            job.pause_count += 1
+            job.request_pause()
         try:
             self.set_speed(job, speed)
         except QMPError:
@@ -288,12 +252,12 @@ class JobManager:
 
         :raise JobStateError: the job is not in CREATED (a bug).
         """
-        if job.status is not JobStatus.CREATED or job._started:
+        if job.status is not JobStatus.CREATED or job.started:
             raise JobStateError(f"job {job.id!r} cannot be discarded in {job.status.value}")
         for section in self._drain_sections:
             if job in section.jobs:
                 section.jobs.remove(job)
-                job.pause_count -= 1
+                job.drop_pause()
         self._early_fail(job)
 
     def _early_fail(self, job: Job) -> None:
@@ -308,14 +272,9 @@ class JobManager:
         is requested (e.g. inside a drained section) parks at its first pause
         point right here, so ``paused`` follows ``running`` at once.
         """
-        if job._started or job.status is not JobStatus.CREATED:
+        if job.started or job.status is not JobStatus.CREATED:
             raise JobStateError(f"job {job.id!r} cannot be started in {job.status.value}")
-        job._started = True
-        job.pause_count -= 1
-        job._busy = True
-        set_status(job, JobStatus.RUNNING)
-        if job._should_pause():
-            job._park()
+        job.start_run()
         task = asyncio.get_running_loop().create_task(self._run_job(job), name=f"job-{job.id}")
         self._tasks[job] = task
         task.add_done_callback(functools.partial(self._task_done, job))
@@ -328,153 +287,18 @@ class JobManager:
 
     async def _run_job(self, job: Job) -> None:
         try:
-            if job._waker is not None:  # parked at start
-                await job._wait_woken()
-                job.driver.resume(job)
-            await job.pause_point()
+            await job.run_prologue()
             await job.driver.run(job)
-        except JobFailure as exc:
-            job.ret = -exc.errno
-            job.error = exc.message
-        except OSError as exc:
-            code = exc.errno or _errno.EIO
-            job.ret = -code
-            job.error = exc.strerror or os.strerror(code)
+        except (JobFailure, OSError) as exc:
+            job.ret, job.error = _txn.failure_of(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("job %r: driver failed unexpectedly", job.id)
             job.ret = -_errno.EIO
             job.error = f"Internal error: {type(exc).__name__}"
-        job._deferred = True
-        job._busy = False
-        self._job_completed(job)
-
-    # -------------------------------------------------- completion algorithm
-
-    def _update_rc(self, job: Job) -> None:
-        if job.ret == 0 and job.is_cancelled:
-            job.ret = -_errno.ECANCELED
-        if job.ret != 0:
-            if job.error is None:
-                job.error = os.strerror(-job.ret)
-            set_status(job, JobStatus.ABORTING)
-
-    def _job_completed(self, job: Job) -> None:
-        """The job's run has ended (or it was cancelled before it started)."""
-        self._update_rc(job)
-        if job.ret != 0:
-            if job.txn.aborting:
-                self._txn_abort_continue(job.txn)
-            else:
-                self._txn_abort(job)
-        else:
-            self._txn_success(job)
-
-    def _txn_success(self, job: Job) -> None:
-        set_status(job, JobStatus.WAITING)
-        txn = job.txn
-        if not all(member.completed for member in txn.jobs):
-            return
-        for member in list(txn.jobs):
-            set_status(member, JobStatus.PENDING)
-            if not member.auto_finalize and member.is_block_job:
-                data = {"type": member.type._value_, "id": member.id}
-                self._bus.publish("BLOCK_JOB_PENDING", data)
-        if all(member.auto_finalize for member in txn.jobs):
-            self._do_finalize(job)
-
-    def _prepare(self, job: Job) -> int:
-        if job.ret == 0:
-            try:
-                job.driver.prepare(job)
-            except JobFailure as exc:
-                job.ret = -exc.errno
-                job.error = exc.message
-            except OSError as exc:
-                code = exc.errno or _errno.EIO
-                job.ret = -code
-                job.error = exc.strerror or os.strerror(code)
-            self._update_rc(job)
-        return job.ret
-
-    def _do_finalize(self, job: Job) -> None:
-        txn = job.txn
-        for member in list(txn.jobs):
-            if self._prepare(member) != 0:
-                # The member whose prepare failed is the one reported as
-                # failed; every other member is aborted as cancelled.
-                self._txn_abort(member)
-                return
-        for member in list(txn.jobs):
-            self._finalize_single(member)
-
-    def _finalize_single(self, job: Job) -> None:
-        self._update_rc(job)
-        driver = job.driver
-        try:
-            if job.ret == 0:
-                driver.commit(job)
-            else:
-                driver.abort(job)
-            driver.clean(job)
-        except Exception:
-            log.exception("job %r: finalization hook failed", job.id)
-        if job._started and job.is_block_job:
-            if job.is_cancelled:
-                self._bus.publish("BLOCK_JOB_CANCELLED", job.block_event_data())
-            else:
-                data = job.block_event_data()
-                if job.ret != 0 and job.error is not None:
-                    data["error"] = job.error
-                self._bus.publish("BLOCK_JOB_COMPLETED", data)
-        with contextlib.suppress(ValueError):
-            job.txn.jobs.remove(job)
-        set_status(job, JobStatus.CONCLUDED)
-        if job.auto_dismiss or not job._started:
-            self._do_dismiss(job)
-
-    def _do_dismiss(self, job: Job) -> None:
-        job._busy = False
-        with contextlib.suppress(ValueError):
-            job.txn.jobs.remove(job)
-        set_status(job, JobStatus.NULL)
-
-    def _txn_abort(self, job: Job) -> None:
-        """``job`` failed (or was force-cancelled after its run): abort its txn."""
-        txn = job.txn
-        if txn.aborting:
-            return
-        txn.aborting = True
-        for other in list(txn.jobs):
-            if other is not job:
-                self._cancel_async(other, True)
-        self._txn_abort_continue(txn)
-
-    def _txn_abort_continue(self, txn: Transaction) -> None:
-        """Finalize members from the head of the list while their runs are over.
-
-        A member still running is woken and waited for: its own completion
-        calls this again. A member that never started is completed here.
-        """
-        if txn._abort_in_progress:
-            return
-        txn._abort_in_progress = True
-        try:
-            while txn.jobs:
-                head = txn.jobs[0]
-                if not head.completed:
-                    if not head._started:
-                        # QEMU 7.2 would wait forever here (section 8 of the
-                        # reference); a job that never ran is over at once.
-                        head.cancelled = head.force_cancel = True
-                        self._update_rc(head)
-                        continue
-                    head._enter()
-                    return
-                self._finalize_single(head)
-        finally:
-            txn._abort_in_progress = False
+        job.end_run()
+        _txn.job_completed(self, job)
 
     # ------------------------------------------------------------ user verbs
 
@@ -492,7 +316,7 @@ class JobManager:
         if job.user_paused:
             raise QMPError("Job is already paused")
         job.user_paused = True
-        job._pause()
+        job.request_pause()
 
     def resume(self, job: Job) -> None:
         """job-resume / block-job-resume.
@@ -505,7 +329,7 @@ class JobManager:
         self._apply_verb(job, JobVerb.RESUME)
         job.driver.user_resume(job)
         job.user_paused = False
-        job._resume()
+        job.drop_pause()
 
     def cancel(self, job: Job, force: bool = True) -> None:
         """job-cancel (always force=True).
@@ -514,16 +338,6 @@ class JobManager:
         """
         self._apply_verb(job, JobVerb.CANCEL)
         self._cancel(job, force)
-
-    def block_job_cancel(self, job: Job, device_text: str, force: bool = False) -> None:
-        """block-job-cancel: refuses a soft cancel of a user-paused job first.
-
-        :raise QMPError: "The block job for device '%s' is currently paused",
-            or the verb error.
-        """
-        if job.user_paused and not force:
-            raise QMPError(f"The block job for device '{device_text}' is currently paused")
-        self.cancel(job, force)
 
     def complete(self, job: Job) -> None:
         """job-complete / block-job-complete.
@@ -537,8 +351,8 @@ class JobManager:
             raise QMPError(f"The active block job '{job.id}' cannot be completed")
         hook(job)
         job.should_complete = True
-        if not job._parked:
-            job._enter()
+        if not job.parked:
+            job.wake()
 
     def finalize(self, job: Job) -> None:
         """job-finalize / block-job-finalize: finalizes the whole transaction.
@@ -546,7 +360,7 @@ class JobManager:
         :raise QMPError: the verb error.
         """
         self._apply_verb(job, JobVerb.FINALIZE)
-        self._do_finalize(job)
+        _txn.finalize(self, job)
 
     def dismiss(self, job: Job) -> None:
         """job-dismiss / block-job-dismiss.
@@ -554,7 +368,7 @@ class JobManager:
         :raise QMPError: the verb error.
         """
         self._apply_verb(job, JobVerb.DISMISS)
-        self._do_dismiss(job)
+        _txn.dismiss(job)
 
     def set_speed(self, job: Job, speed: int) -> None:
         """block-job-set-speed (also applied at creation).
@@ -571,33 +385,33 @@ class JobManager:
         if speed and speed <= old:
             return
         # A higher (or no) limit takes effect at once: cut a rate-limit sleep short.
-        job._enter("timer_pending")
+        job.wake("timer_pending")
 
     # --------------------------------------------------------- cancel (core)
 
-    def _cancel_async(self, job: Job, force: bool) -> None:
+    def cancel_async(self, job: Job, force: bool) -> None:
+        """Flag ``job`` as cancelled (QEMU's job_cancel_async); nothing wakes it yet."""
         force = job.driver.cancel_hook(job, force)
         if job.user_paused:
             job.driver.user_resume(job)
-            job.user_paused = False
-            job.pause_count -= 1
+            job.drop_user_pause()
         # A soft request on a job whose run is over is ignored.
-        if force or not job._deferred:
+        if force or not job.run_over:
             job.cancelled = True
             job.force_cancel = job.force_cancel or force
 
     def _cancel(self, job: Job, force: bool) -> None:
         if job.status is JobStatus.CONCLUDED:
-            self._do_dismiss(job)
+            _txn.dismiss(job)
             return
-        self._cancel_async(job, force)
-        if not job._started:
-            self._job_completed(job)
-        elif job._deferred:
+        self.cancel_async(job, force)
+        if not job.started:
+            _txn.job_completed(self, job)
+        elif job.run_over:
             if job.is_cancelled:
-                self._txn_abort(job)
+                _txn.abort(self, job)
         else:
-            job._enter()
+            job.wake()
 
     # ------------------------------------------------ drain, quit, shutdown
 
@@ -624,7 +438,7 @@ class JobManager:
             while self._jobs:
                 job = next(reversed(self._jobs.values()))
                 if job.status is JobStatus.CONCLUDED:
-                    self._do_dismiss(job)
+                    _txn.dismiss(job)
                     continue
                 self._cancel(job, True)
                 await self._wait_for(_has_concluded(job))
@@ -638,8 +452,6 @@ class JobManager:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         for job in self._jobs.values():
-            if job._timer is not None:
-                job._timer.cancel()
-                job._timer = None
+            job.stop_timer()
         self._jobs.clear()
         self._job_activity()

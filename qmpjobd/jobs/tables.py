@@ -58,12 +58,6 @@ class JobType(StrEnum):
     SNAPSHOT_DELETE = "snapshot-delete"
 
 
-#: Job types that are *block jobs*: listed by query-block-jobs, reachable
-#: through block-job-* commands, and the only ones that emit BLOCK_JOB_* events.
-BLOCK_JOB_TYPES: frozenset[JobType] = frozenset(
-    {JobType.COMMIT, JobType.STREAM, JobType.MIRROR, JobType.BACKUP}
-)
-
 #: Statuses in which the job's run has ended ("completed" in QEMU's sense).
 COMPLETED_STATUSES: frozenset[JobStatus] = frozenset(
     {

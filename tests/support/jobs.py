@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qmpjobd.blockjobs import BLOCK_JOB_TYPES, BlockJobEvents
 from qmpjobd.clock import ManualClock
 from qmpjobd.events import Event, EventBus
 from qmpjobd.jobs import Job, JobDriver, JobFailure, JobManager, JobStatus, JobType
@@ -162,6 +163,10 @@ class ScriptedDriver(JobDriver):
     def resume(self, job: Job) -> None:
         self._set("running")
 
+    def user_resume(self, job: Job) -> None:
+        if job.type in BLOCK_JOB_TYPES:  # as the block job drivers do
+            job.io_status = "ok"
+
     def cancel_hook(self, job: Job, force: bool) -> bool:
         self.calls.append(f"cancel_hook({force})")
         if self.kind == "mirror":
@@ -270,7 +275,9 @@ def make_harness() -> Harness:
     bus = EventBus(clock)
     rec = Recorder()
     bus.subscribe(rec)
-    return Harness(clock, bus, JobManager(bus, clock), rec)
+    mgr = JobManager(bus, clock)
+    mgr.add_listener(BlockJobEvents(bus))
+    return Harness(clock, bus, mgr, rec)
 
 
 def status_of(job: Job) -> JobStatus:
