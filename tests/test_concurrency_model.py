@@ -71,7 +71,8 @@ async def test_interleavings_long(sock_dir: Path, tmp_path: Path) -> None:
 async def test_quit_while_others_act(sock_dir: Path, tmp_path: Path) -> None:
     prepare_workdir(tmp_path)
     for seed in range(_SEED, _SEED + 20):
-        app = App(Config(sockets=[sock_dir / "qmp.sock"], allow_paths=[tmp_path]))
+        sockets = [sock_dir / "qmp.sock", sock_dir / "qmp2.sock"]
+        app = App(Config(sockets=sockets, allow_paths=[tmp_path]))
         await app.start()
         try:
             await quit_while_busy(app, seed, tmp_path)

@@ -1128,9 +1128,13 @@ class Interleaving:
         log = _ErrorLog()
         logger = logging.getLogger("qmpjobd")
         logger.addHandler(log)
-        path = str(self.app.config.sockets[0])
+        # Monitors on every socket of the daemon share one dispatcher and one event stream.
+        paths = [str(p) for p in self.app.config.sockets]
+        path = paths[-1]
         fds_before = _open_fds()
-        clients = [await ModelClient.connect(path, f"c{k}") for k in range(self.nclients)]
+        clients = [
+            await ModelClient.connect(paths[k % len(paths)], f"c{k}") for k in range(self.nclients)
+        ]
         try:
             self.trace.add("--", f"{self.describe(self.seed)}, {self.nclients} clients")
             runs = [self.run_client(k, c) for k, c in enumerate(clients)]
@@ -1237,9 +1241,11 @@ async def quit_while_busy(app: App, seed: int, workdir: Path) -> None:
     log = _ErrorLog()
     logger = logging.getLogger("qmpjobd")
     logger.addHandler(log)
-    path = str(app.config.sockets[0])
-    clients = [await ModelClient.connect(path, f"c{k}") for k in range(it.nclients)]
-    quitter = await ModelClient.connect(path, "quit")
+    paths = [str(p) for p in app.config.sockets]
+    clients = [
+        await ModelClient.connect(paths[k % len(paths)], f"c{k}") for k in range(it.nclients)
+    ]
+    quitter = await ModelClient.connect(paths[-1], "quit")
     try:
 
         async def send_quit() -> None:
@@ -1344,7 +1350,8 @@ async def run_batch(
     prepare_workdir(workdir)
 
     async def new_app() -> App:
-        app = App(Config(sockets=[sock_dir / "qmp.sock"], allow_paths=[workdir]))
+        sockets = [sock_dir / "qmp.sock", sock_dir / "qmp2.sock"]
+        app = App(Config(sockets=sockets, allow_paths=[workdir]))
         await app.start()
         return app
 
