@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from bench.soak import soak
-from qmpjobd.app import App
+import pytest
 
+from bench.soak import soak
+from qmpjobd.app import App, Config
+
+from .conftest import RawClient
 from .support.concurrency_model import Checker
 
 
@@ -17,3 +21,30 @@ async def test_ten_clients_ten_cycles_leave_nothing_behind(app: App, sock: Path)
     assert result.leftover_jobs == []
     assert result.leftover_nodes == []
     assert Checker(app).empty() == []
+
+
+async def test_a_monitor_that_stops_reading_is_dropped_and_the_rest_go_on(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One monitor stops reading while ten cycle backups: once more than
+    ``max_outbound`` bytes wait for it, it is disconnected, and nobody else
+    notices (no error, nothing left over, the books balance)."""
+    app = App(Config(sockets=[sock_dir / "qmp.sock"], max_outbound=64 * 1024))
+    await app.start()
+    try:
+        stalled = await RawClient.connect(sock_dir / "qmp.sock")
+        stalled.writer.transport.pause_reading()
+        result = await soak(str(sock_dir / "qmp.sock"), clients=10, cycles=40)
+        assert result.errors == []
+        assert result.done == 400
+        assert result.leftover_jobs == [] and result.leftover_nodes == []
+        assert Checker(app).empty() == []
+        for _ in range(100):  # the last query's connection is closing
+            if not app.server.sessions:
+                break
+            await asyncio.sleep(0.01)
+        assert app.server.sessions == set()  # the stalled monitor too
+        assert any("unread" in r.getMessage() for r in caplog.records)
+        await stalled.close()
+    finally:
+        await app.shutdown()
