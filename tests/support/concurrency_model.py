@@ -177,7 +177,7 @@ _PARTY = (
 )
 #: QEMU's permission conflicts name the parties, often its generated nodes
 PERMISSION = (
-    r"(Could not create node: )?Permission conflict on node '[^']*': "
+    r"(Could not (create|replace) node: )?Permission conflict on node '[^']*': "
     rf"permissions '[a-z ]+'(, '[a-z ]+')* are both required by {_PARTY} "
     rf"and unshared by {_PARTY}\."
 )
@@ -351,6 +351,8 @@ class View(Protocol):
 
     def nodes(self) -> set[str]: ...
 
+    def idle_nodes(self) -> set[str]: ...
+
     #: (id, status, paused by its user) of every job
     def jobs(self) -> list[tuple[str, str, bool]]: ...
 
@@ -363,6 +365,17 @@ class AppView:
 
     def nodes(self) -> set[str]:
         return set(self.app.graph._nodes)
+
+    def idle_nodes(self) -> set[str]:
+        service = block_job_service(self.app)
+        return {
+            name
+            for name, node in self.app.graph._nodes.items()
+            if not node._blockers
+            and not node.parent_count
+            and not service._filtered[node]
+            and node.size == MiB
+        }
 
     def jobs(self) -> list[tuple[str, str, bool]]:
         return [(j.id, j.status.value, j.user_paused) for j in self.app.jobs._jobs.values()]
@@ -385,6 +398,9 @@ class QueryView:
         ]
 
     def nodes(self) -> set[str]:
+        return self._nodes
+
+    def idle_nodes(self) -> set[str]:
         return self._nodes
 
     def jobs(self) -> list[tuple[str, str, bool]]:
@@ -455,6 +471,11 @@ class ScriptMaker:
         if r < 0.98:
             return rng.choice(rng.choice(self.pools.private_nodes))
         return "nonode"
+
+    def _idle(self, k: int) -> list[str]:
+        """This client's nodes that no job or node uses right now, of 1 MiB."""
+        mine = set(self.pools.shared_nodes) | set(self.pools.private_nodes[k])
+        return sorted(n for n in (self.view.idle_nodes() if self.view else ()) if n in mine)
 
     def free_node(self, k: int) -> str:
         """A name to add: mostly one not in use."""
@@ -600,10 +621,19 @@ class ScriptMaker:
         elif r < 0.63:
             command = "transaction"
             actions: list[dict[str, Any]] = []
-            for _ in range(rng.choice([1, 1, 2, 3])):
+            # mostly on idle nodes, each used once, so that whole transactions succeed
+            idle = self._idle(k)
+            rng.shuffle(idle)
+            count = rng.choice([1, 2, 2, 3])
+            if rng.random() < 0.7:
+                count = max(1, min(count, len(idle) // 2))
+            for _ in range(count):
                 a = rng.random()
                 if a < 0.85:
-                    actions.append({"type": "blockdev-backup", "data": self.backup_args(k)})
+                    data = self.backup_args(k)
+                    if len(idle) >= 2 and rng.random() < 0.7:
+                        data["device"], data["target"] = idle.pop(), idle.pop()
+                    actions.append({"type": "blockdev-backup", "data": data})
                 elif a < 0.93 and prepare is None:
                     data, prepare = self.drive_args(k, mirror=False)
                     actions.append({"type": "drive-backup", "data": data})
@@ -927,6 +957,52 @@ def creation_events_first(step: Step, lines: list[bytes]) -> list[str]:
     ]
 
 
+def group_problems(events: list[dict[str, Any]], groups: list[tuple[int, list[str]]]) -> list[str]:
+    """The jobs of a grouped transaction end as one: all succeed (every
+    member pending before any concludes) or all abort.
+
+    ``groups`` holds, per grouped transaction that succeeded, how many
+    events came before its return and its jobs' ids.
+    """
+    problems = []
+    for seen, ids in groups:
+        lives: dict[str, list[tuple[int, str]]] = {}
+        for job in ids:
+            start = None
+            for i in range(min(seen, len(events)) - 1, -1, -1):
+                ev = events[i]
+                if ev["event"] == "JOB_STATUS_CHANGE" and ev["data"] == {
+                    "status": "created",
+                    "id": job,
+                }:
+                    start = i
+                    break
+            if start is None:
+                problems.append(f"grouped transaction {ids}: no created event for {job}")
+                continue
+            life = []
+            for i in range(start, len(events)):
+                ev = events[i]
+                if ev["event"] == "JOB_STATUS_CHANGE" and ev["data"]["id"] == job:
+                    life.append((i, ev["data"]["status"]))
+                    if ev["data"]["status"] == "null":
+                        break
+            lives[job] = life
+        aborted = sorted(
+            job for job, life in lives.items() if any(s == "aborting" for _, s in life)
+        )
+        if aborted and len(aborted) != len(lives):
+            problems.append(f"grouped transaction {ids}: {aborted} aborted, the others did not")
+        if not aborted and lives:
+            pending = [i for life in lives.values() for i, s in life if s == "pending"]
+            concluded = [i for life in lives.values() for i, s in life if s == "concluded"]
+            if len(pending) != len(lives) or (concluded and max(pending) > min(concluded)):
+                problems.append(
+                    f"grouped transaction {ids}: members did not finish together: {lives}"
+                )
+    return problems
+
+
 # --------------------------------------------------------------------------
 # One interleaving.
 
@@ -983,6 +1059,8 @@ class Interleaving:
         self.ghost_wait = rng.choice([0.0, 0.0005, 0.003])
         self.ghost: list[Step] = []
         self.ghost_events = b""
+        #: grouped transactions that succeeded: (events before the return, job ids)
+        self.groups: list[tuple[int, list[str]]] = []
         self.trace = Trace()
         self.checker = Checker(app)
         self.problems: list[str] = []
@@ -1015,6 +1093,15 @@ class Interleaving:
         problems = []
         if client is not None and seen is not None and "return" in reply:
             problems += creation_events_first(step, client.event_lines[:seen])
+        if (
+            step.command == "transaction"
+            and "return" in reply
+            and seen is not None
+            and step.args is not None
+            and (step.args.get("properties") or {}).get("completion-mode") == "grouped"
+        ):
+            ids = [a["data"]["job-id"] for a in step.args["actions"] if a["type"] != "abort"]
+            self.groups.append((seen, ids))
         if client is not None and client.misordered:
             problems.append(f"{client.name}: replies out of order: {client.misordered}")
         if "error" in reply:
@@ -1195,7 +1282,8 @@ class Interleaving:
                     "or not in their order",
                     [self.ghost_events.decode()[:2000]],
                 )
-            problems = event_problems(clients[0].events())
+            events = clients[0].events()
+            problems = event_problems(events) + group_problems(events, self.groups)
             if problems:
                 self.trace.lines += [
                     "events:",
