@@ -6,9 +6,12 @@ Usage: python examples/backup.py SOCKET SOURCE TARGET
 A management-style client, written for QEMU's QMP and working the same
 against qmpjobd or qemu-storage-daemon: it opens SOURCE as a block node,
 creates TARGET with ``blockdev-create`` (a ``create`` job), starts the
-backup in a ``transaction`` with ``completion-mode: grouped``, draws a
-progress bar from ``query-jobs``, and cleans up its nodes and jobs.
-Exits with status 0 when the backup succeeded, 1 otherwise.
+backup in a ``transaction`` with ``completion-mode: grouped``, waits for
+each job's ``JOB_STATUS_CHANGE`` events (redrawing a progress bar from
+``query-jobs`` meanwhile: progress has no event), and cleans up its nodes
+and jobs. Exits with status 0 when the backup succeeded, 1 otherwise.
+
+Needs ``qemu.qmp``: ``pip install -e '.[examples]'``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import asyncio
 import sys
 from typing import Any
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import EventListener, ExecuteError, QMPClient
 
-POLL_SECONDS = 0.1
+#: How often the progress bar is redrawn while a job runs.
+BAR_REFRESH_SECONDS = 0.5
 BAR_WIDTH = 40
 
 
@@ -37,22 +41,32 @@ async def job_info(qmp: QMPClient, job_id: str) -> dict[str, Any]:
     raise RuntimeError(f"job {job_id} disappeared")
 
 
-async def wait_concluded(qmp: QMPClient, job_id: str, *, show: bool) -> dict[str, Any]:
-    """Poll query-jobs until the job concluded; draw a bar meanwhile."""
+async def wait_concluded(
+    qmp: QMPClient, events: EventListener, job_id: str, *, show: bool
+) -> dict[str, Any]:
+    """Wait for the job's JOB_STATUS_CHANGE to ``concluded``; draw a bar meanwhile."""
     while True:
-        info = await job_info(qmp, job_id)
         if show:
+            info = await job_info(qmp, job_id)
             print(f"\r{bar(info['current-progress'], info['total-progress'])}", end="", flush=True)
-        if info["status"] == "concluded":
+        try:
+            event = await asyncio.wait_for(events.get(), BAR_REFRESH_SECONDS if show else None)
+        except TimeoutError:
+            continue
+        data = event["data"]
+        if data["id"] == job_id and data["status"] == "concluded":
+            info = await job_info(qmp, job_id)
             if show:
-                print()
+                print(f"\r{bar(info['current-progress'], info['total-progress'])}")
             return info
-        await asyncio.sleep(POLL_SECONDS)
 
 
 async def backup(socket: str, source: str, target: str) -> int:
     qmp = QMPClient("backup-example")
     await qmp.connect(socket)
+    # Listen before starting any job, so that no event of ours is missed.
+    events = EventListener("JOB_STATUS_CHANGE")
+    qmp.register_listener(events)
     added: list[str] = []
     try:
         await qmp.execute(
@@ -71,7 +85,7 @@ async def backup(socket: str, source: str, target: str) -> int:
                 "options": {"driver": "file", "filename": target, "size": size},
             },
         )
-        created = await wait_concluded(qmp, "bk-create", show=False)
+        created = await wait_concluded(qmp, events, "bk-create", show=False)
         await qmp.execute("job-dismiss", {"id": "bk-create"})
         if "error" in created:
             print(f"cannot create {target}: {created['error']}", file=sys.stderr)
@@ -99,7 +113,7 @@ async def backup(socket: str, source: str, target: str) -> int:
                 "properties": {"completion-mode": "grouped"},
             },
         )
-        result = await wait_concluded(qmp, "bk-job", show=True)
+        result = await wait_concluded(qmp, events, "bk-job", show=True)
         await qmp.execute("job-dismiss", {"id": "bk-job"})
         if "error" in result:
             print(f"backup failed: {result['error']}", file=sys.stderr)
@@ -115,6 +129,7 @@ async def backup(socket: str, source: str, target: str) -> int:
                 await qmp.execute("blockdev-del", {"node-name": node})
             except ExecuteError as exc:
                 print(f"warning: {exc}", file=sys.stderr)
+        qmp.remove_listener(events)
         await qmp.disconnect()
 
 

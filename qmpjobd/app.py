@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from . import __version__, protocol
 from .block import BlockGraph
-from .blockjobs import BlockJobEvents
+from .blockjobs import BlockJobEvents, BlockJobService
 from .clock import Clock, SystemClock
 from .commands import CommandTable, Handler
 from .commands.block import block_commands
 from .commands.blockjobs import blockjob_commands
 from .commands.core import CoreContext, core_commands, negotiation_commands
 from .commands.jobs import job_commands
-from .events import EventBus
+from .errors import ConfigError, QMPError
+from .events import Event, EventBus
 from .jobs import JobManager
+from .pidfile import PidFile
+from .profile import DEFAULT_PROFILE, Profile, profile
 from .schema import SchemaSet
 from .server import DEFAULT_MAX_OUTBOUND, Server
+from .systemd import Notifier, PassedSocket
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StartupBlockdev:
+    """A node to create at start-up, as ``--blockdev`` gave it."""
+
+    #: The option as written, for error messages.
+    text: str
+    #: ``blockdev-add`` arguments: typed (JSON syntax) or all strings (keyval).
+    options: Mapping[str, Any]
+    #: True for the key=value syntax: the schema gives the strings their types.
+    keyval: bool = False
 
 
 @dataclass
@@ -36,6 +54,24 @@ class Config:
     allow_paths: Sequence[Path] = field(default_factory=list)
     shutdown_deadline: float = 1.0
     job_cancel_deadline: float = 5.0
+    #: Listening sockets passed by the service manager (socket activation).
+    passed_sockets: Sequence[PassedSocket] = field(default_factory=list)
+    #: Where to send readiness and status (systemd's ``NOTIFY_SOCKET``).
+    notify_socket: str | None = None
+    #: Nodes to create at start-up, in order, as blockdev-add creates them.
+    blockdevs: Sequence[StartupBlockdev] = field(default_factory=list)
+    #: The QEMU release to emulate (a name in :data:`qmpjobd.profile.PROFILES`).
+    qemu_version: str = DEFAULT_PROFILE
+
+
+class _StartupControl:
+    """The session of a command run from the command line: there is none."""
+
+    def enter_command_mode(self, capabilities: list[str]) -> None:
+        raise AssertionError("qmp_capabilities is not run at start-up")
+
+    def after_reply(self, callback: Callable[[], None]) -> None:
+        callback()
 
 
 class App:
@@ -44,25 +80,35 @@ class App:
     def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.schemas = SchemaSet()
+        self.profile: Profile = profile(config.qemu_version)
+        self.schemas = SchemaSet(overlay=self.profile.schema_overlay)
         self.bus = EventBus(self.clock)
-        self.jobs = JobManager(self.bus, self.clock)
+        self.jobs = JobManager(self.bus, self.clock, self.profile.job_tables)
         self.jobs.add_listener(BlockJobEvents(self.bus))
         self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
+        self.blockjobs = BlockJobService(self.jobs, self.graph)
         self._stop = asyncio.Event()
+        self._stop_reason = "quit"
+        self._pidfile = PidFile(config.pidfile) if config.pidfile is not None else None
+        self._notifier: Notifier | None = None
+        self._status_scheduled = False
+        self._last_status = ""
         #: Set once every socket listens.
         self.started = asyncio.Event()
         self.core = CoreContext(
+            version=protocol.version_info(self.profile.qemu_version),
             schemas=self.schemas,
             prepare_quit=self.prepare_quit,
             request_stop=self.request_stop,
         )
         commands: list[tuple[str, Handler]] = [
-            *blockjob_commands(self.jobs, self.graph),
+            *blockjob_commands(self.blockjobs),
             *block_commands(self.graph),
             *job_commands(self.jobs),
             *core_commands(self.core),
         ]
+        if self.profile.commands is not None:
+            commands = [(name, h) for name, h in commands if name in self.profile.commands]
         self.negotiation_table = CommandTable(
             self.schemas, negotiation_commands(self.core), negotiation=True
         )
@@ -77,6 +123,9 @@ class App:
             socket_paths=config.sockets,
             socket_mode=config.socket_mode,
             max_outbound=config.max_outbound,
+            passed_sockets=config.passed_sockets,
+            sessions_changed=self._status_changed,
+            greeting=protocol.greeting(self.profile.qemu_version),
         )
 
     async def prepare_quit(self) -> None:
@@ -90,16 +139,69 @@ class App:
         except TimeoutError:
             log.warning("jobs did not finish cancelling in time; stopping them")
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "quit") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
 
     async def start(self) -> None:
-        await self.server.start()
-        if self.config.pidfile is not None:
-            self.config.pidfile.write_text(f"{os.getpid()}\n")
+        """Lock the pid file, listen, create the start-up nodes, write the pid
+        file, in that order.
+
+        :raise ConfigError: one line naming what failed and why; whatever was
+            set up before the failure is undone (no file is left behind).
+        """
+        try:
+            if self._pidfile is not None:
+                # First: a second daemon with the same pid file stops here.
+                self._pidfile.lock()
+            for folder in self.config.allow_paths:
+                if not folder.is_dir():
+                    reason = "Not a directory" if folder.exists() else "No such file or directory"
+                    raise ConfigError(f"--allow-path {folder}: {reason}")
+            await self.server.start()
+            for blockdev in self.config.blockdevs:
+                self._add_startup_node(blockdev)
+            if self._pidfile is not None:
+                self._pidfile.write()
+        except BaseException:
+            await self.server.close(0.0)
+            self.graph.close()
+            if self._pidfile is not None:
+                self._pidfile.release()
+            raise
+        if self.config.notify_socket is not None:
+            self._notifier = Notifier(self.config.notify_socket)
+            self.bus.subscribe(self._job_event)
         self.started.set()
+        version = self.profile.release
+        log.info(
+            "qmpjobd %s (QEMU %s) started, pid %d, listening on %s",
+            __version__,
+            version,
+            os.getpid(),
+            ", ".join(self.server.addresses()),
+        )
+        self._last_status = self.status(nodes=False)
+        self._notify(f"READY=1\nSTATUS={self._last_status}")
+
+    def _add_startup_node(self, blockdev: StartupBlockdev) -> None:
+        """Run the ``blockdev-add`` command itself: its schema checks, its handler.
+
+        :raise ConfigError: ``--blockdev TEXT: `` and QEMU's text.
+        """
+        try:
+            options = dict(blockdev.options)
+            if blockdev.keyval:
+                options = self.schemas.keyval_arguments("blockdev-add", options)
+            request = protocol.Request("blockdev-add", options, protocol.NO_ID, False)
+            command = self.command_table.lookup(request)
+            command.handler(_StartupControl(), request.arguments)
+        except QMPError as exc:
+            raise ConfigError(f"--blockdev {blockdev.text}: {exc.desc}") from None
 
     async def shutdown(self) -> None:
+        self._notify("STOPPING=1")
         self.server.stop_accepting()
         # No command may start (or go on) while the jobs wind down.
         if not await self.server.dispatcher.close(self.config.job_cancel_deadline):
@@ -108,22 +210,69 @@ class App:
         await self.server.close(self.config.shutdown_deadline)
         await self.jobs.aclose()
         self.graph.close()
-        if self.config.pidfile is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.config.pidfile.unlink()
+        if self._pidfile is not None:
+            self._pidfile.release()
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
+
+    # -- status --------------------------------------------------------------
+
+    def status(self, *, nodes: bool = True) -> str:
+        """One line: monitors, jobs by status and (with *nodes*) block nodes."""
+        monitors = len(self.server.sessions)
+        counts = Counter(job.status.value for job in self.jobs.jobs_newest_first())
+        jobs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+        line = f"{monitors} monitor{'s' * (monitors != 1)}; jobs: {jobs}"
+        if nodes:
+            count = len(self.graph.nodes())
+            line += f"; {count} block node{'s' * (count != 1)}"
+        return line
+
+    def _notify(self, message: str) -> None:
+        if self._notifier is not None:
+            self._notifier.send(message)
+
+    def _job_event(self, event: Event) -> None:
+        if event.name == "JOB_STATUS_CHANGE":
+            self._status_changed()
+
+    def _status_changed(self) -> None:
+        """Tell the service manager the new status, once per pass of the loop."""
+        if self._notifier is None or self._status_scheduled:
+            return
+        self._status_scheduled = True
+        asyncio.get_running_loop().call_soon(self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_scheduled = False
+        status = self.status(nodes=False)
+        if status != self._last_status:
+            self._last_status = status
+            self._notify(f"STATUS={status}")
+
+    def _log_status(self) -> None:
+        log.info("status: %s", self.status())
+
+    # -- run -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until SIGTERM, SIGINT or ``quit``."""
+        """Serve until SIGTERM, SIGINT, SIGHUP or ``quit``; SIGUSR1 logs the status."""
         loop = asyncio.get_running_loop()
-        await self.start()
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         installed: list[signal.Signals] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop)
-            installed.append(signum)
         try:
-            await self._stop.wait()
-            log.info("shutting down")
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(signum, self.request_stop, signum.name)
+                installed.append(signum)
+            loop.add_signal_handler(signal.SIGUSR1, self._log_status)
+            installed.append(signal.SIGUSR1)
+            await self.start()
+            try:
+                await self._stop.wait()
+                log.info("stopping (%s)", self._stop_reason)
+            finally:
+                await self.shutdown()
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
-            await self.shutdown()

@@ -44,6 +44,8 @@ class SessionHost(Protocol):
     command_table: CommandTable
     max_outbound: int
     dispatcher: Dispatcher
+    #: The encoded greeting (the profile's release).
+    greeting: bytes
 
     def negotiated(self, session: Session) -> None: ...
 
@@ -98,7 +100,7 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self.send(protocol.greeting())
+        self.write(self.server.greeting)
 
     def data_received(self, data: bytes) -> None:
         if self.runstate is Runstate.CLOSED:
@@ -205,11 +207,18 @@ class Session(asyncio.Protocol):
 
     def _run_one(self, item: object) -> None:
         if isinstance(item, wire.ParseError):
+            log.debug("monitor #%d: bad input: error GenericError: %s", self.number, item.desc)
             self.send(protocol.error_reply(QMPError(item.desc)))
             return
         try:
             request = protocol.check_request(item, oob_enabled=self.oob_enabled)
         except protocol.RequestError as exc:
+            log.debug(
+                "monitor #%d: bad request: error %s: %s",
+                self.number,
+                exc.error.error_class.value,
+                exc.error.desc,
+            )
             self.send(protocol.error_reply(exc.error, exc.id))
             return
         table = self.table
@@ -217,11 +226,11 @@ class Session(asyncio.Protocol):
             command = table.lookup(request)
             result = command.handler(self, request.arguments)
         except QMPError as exc:
-            self._reply_error(table, exc, request.id)
+            self._reply_error(table, exc, request)
             return
         except Exception:
             log.exception("command %s failed", request.command)
-            self._reply_error(table, QMPError("Internal error"), request.id)
+            self._reply_error(table, QMPError("Internal error"), request)
             return
         if type(result) is CoroutineType:  # an async handler
             self._busy = True
@@ -230,32 +239,41 @@ class Session(asyncio.Protocol):
                 self._finish(table, request, result)
             )
         else:
-            self._reply(result, request.id)
+            self._reply(result, request)
 
     async def _finish(self, table: CommandTable, request: protocol.Request, pending: Any) -> None:
         try:
             result = await pending
         except QMPError as exc:
-            self._reply_error(table, exc, request.id)
+            self._reply_error(table, exc, request)
         except Exception:
             log.exception("command %s failed", request.command)
-            self._reply_error(table, QMPError("Internal error"), request.id)
+            self._reply_error(table, QMPError("Internal error"), request)
         else:
-            self._reply(result, request.id)
+            self._reply(result, request)
         finally:
             self._busy = False
             self._task = None
             self.server.dispatcher.release(self)
         self._pump()
 
-    def _reply(self, result: Any, req_id: Any) -> None:
+    def _reply(self, result: Any, request: protocol.Request) -> None:
+        log.debug("monitor #%d: %s: return", self.number, request.command)
         self.server.flush_events()  # events the command caused go first
-        self.send(protocol.reply(result, req_id))
+        self.send(protocol.reply(result, request.id))
         self._run_after_reply()
 
-    def _reply_error(self, table: CommandTable, error: QMPError, req_id: Any) -> None:
+    def _reply_error(self, table: CommandTable, error: QMPError, request: protocol.Request) -> None:
+        error = table.rewrite(error)
+        log.debug(
+            "monitor #%d: %s: error %s: %s",
+            self.number,
+            request.command,
+            error.error_class.value,
+            error.desc,
+        )
         self.server.flush_events()
-        self.send(protocol.error_reply(table.rewrite(error), req_id))
+        self.send(protocol.error_reply(error, request.id))
         self._run_after_reply()
 
     def _run_after_reply(self) -> None:

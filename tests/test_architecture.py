@@ -14,6 +14,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "errors": {"*"},
     "clock": {"*"},
     "dispatch": {"*"},
+    "profile": {"session", "server", "commands", "app", "cli", "block", "blockjobs"},
     "events": {
         "jobs",
         "block",
@@ -74,6 +75,27 @@ EXCEPTIONS: dict[str, set[str]] = {
     # QEMU's dictionary orders, for the json: filenames and query-named-block-nodes.
     "block": {"wire.qdict"},
 }
+# Process-level leaves: they may import errors, nothing else of ours.
+for _leaf in ("pidfile", "systemd", "keyval"):
+    FORBIDDEN[_leaf] = {
+        "clock",
+        "dispatch",
+        "events",
+        "wire",
+        "protocol",
+        "schema",
+        "jobs",
+        "block",
+        "blockjobs",
+        "commands",
+        "session",
+        "server",
+        "app",
+        "cli",
+        "pidfile",
+        "systemd",
+        "keyval",
+    } - {_leaf}
 # Standard-library modules that mean sockets or JSON, kept out of the domain.
 FORBIDDEN_STDLIB: dict[str, set[str]] = {
     "jobs": {"socket", "json", "asyncio.streams"},

@@ -18,6 +18,7 @@ Must not import: jobs, sockets, JSON.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -55,6 +56,9 @@ def _non_negative(options: dict[str, Any], key: str) -> None:
     value = options.get(key)
     if value is not None and value < 0:
         raise QMPError(f"Parameter '{key}' expects a non-negative number below 2^64")
+
+
+log = logging.getLogger(__name__)
 
 
 def is_under(path: Path, roots: Sequence[Path]) -> bool:
@@ -384,6 +388,7 @@ class BlockGraph:
         :raise QMPError: "Path '%s' is not under an allowed directory".
         """
         if self._allow is not None and not is_under(Path(filename), self._allow):
+            log.warning("refused to open %s: not under an allowed directory", filename)
             raise QMPError(f"Path '{filename}' is not under an allowed directory")
 
     async def create_file(self, filename: str, size: int, preallocation: str = "off") -> None:

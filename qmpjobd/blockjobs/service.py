@@ -3,8 +3,10 @@
 :class:`BlockJobService` does what QEMU 7.2's ``blockdev-backup``,
 ``drive-backup``, ``blockdev-mirror``, ``drive-mirror``, ``blockdev-create``
 and ``transaction`` do, with their argument checks in QEMU's order and with
-its texts. Arguments arrive as plain mappings that the command layer has
-already checked against the schema (types, enums, required members).
+its texts. Each operation takes a typed spec (:mod:`.specs`) that the
+command layer built from arguments already checked against the schema; no
+QMP member name is read here. A job is created only once every check that
+QEMU makes before creating it has passed.
 
 Draining, as QEMU does it: a transaction (and ``blockdev-backup`` and
 ``drive-backup``, which are one-action transactions) first drains every
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 
 from ..block import BlockGraph, BlockNode, NodeReference
@@ -27,15 +29,20 @@ from ..block.create import PREALLOCATION_MODES
 from ..errors import QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
 from .drivers import BackupDriver, BackupSync, BlockJobDriver, CreateDriver, MirrorDriver
-from .policy import OnError
+from .specs import (
+    AbortAction,
+    BackupSpec,
+    CreateSpec,
+    JobSettings,
+    MirrorSpec,
+    TransactionSpec,
+)
 
 _INT_MAX = (1 << 31) - 1
 #: Image formats qmpjobd can create and open as a job's target.
 _TARGET_FORMATS = ("raw", "file")
 #: Drivers QEMU knows but that cannot create images.
 _NO_CREATE_FORMATS = ("null-co", "null-aio", "blkdebug")
-
-Action = tuple[str, Mapping[str, Any]]
 
 
 def _busy(node: BlockNode) -> None:
@@ -129,15 +136,11 @@ class BlockJobService:
 
     # ------------------------------------------------------------- backup
 
-    async def blockdev_backup(self, args: Mapping[str, Any]) -> None:
-        """``blockdev-backup``: a transaction of one action."""
-        await self.transaction([("blockdev-backup", args)])
+    async def backup(self, spec: BackupSpec) -> None:
+        """``blockdev-backup`` and ``drive-backup``: a transaction of one action."""
+        await self.transaction(TransactionSpec((spec,)))
 
-    async def drive_backup(self, args: Mapping[str, Any]) -> None:
-        """``drive-backup``: a transaction of one action."""
-        await self.transaction([("drive-backup", args)])
-
-    async def transaction(self, actions: Sequence[Action], *, grouped: bool = False) -> None:
+    async def transaction(self, spec: TransactionSpec) -> None:
         """``transaction`` with ``abort``, ``blockdev-backup`` and ``drive-backup`` actions.
 
         Every job is created first and started only when all actions
@@ -148,15 +151,15 @@ class BlockJobService:
         """
         async with self.jobs.drained():
             pass  # QEMU drains every node before a transaction's actions
-        txn = Transaction(grouped=True) if grouped else None
+        txn = Transaction(grouped=True) if spec.grouped else None
         created: list[Job] = []
         sections: list[contextlib.AbstractAsyncContextManager[None]] = []
         try:
             try:
-                for kind, data in actions:
-                    if kind == "abort":
+                for action in spec.actions:
+                    if isinstance(action, AbortAction):
                         raise QMPError("Transaction aborted using Abort action")
-                    created.append(await self._backup_action(kind, data, txn, sections))
+                    created.append(await self._backup_action(action, txn, sections))
             except QMPError:
                 for job in reversed(created):
                     if job.status is not JobStatus.NULL:
@@ -178,35 +181,35 @@ class BlockJobService:
 
     async def _backup_action(
         self,
-        kind: str,
-        args: Mapping[str, Any],
+        spec: BackupSpec,
         txn: Transaction | None,
         sections: list[contextlib.AbstractAsyncContextManager[None]],
     ) -> Job:
-        if kind == "blockdev-backup":
-            source = self.graph.lookup(args["device"])
-            target = self.graph.lookup(args["target"])
+        image = spec.new_image
+        if image is None:
+            assert spec.target is not None
+            source = self.graph.lookup(spec.device)
+            target = self.graph.lookup(spec.target)
             await self._drain_users(source, sections)
-            return self._backup_common(args, source, target, txn, None, zero_target=False)
-        source = self.graph.lookup(args["device"])
+            return self._backup_common(spec, source, target, txn, None, zero_target=False)
+        source = self.graph.lookup(spec.device)
         await self._drain_users(source, sections)
-        mode = args.get("mode", "absolute-paths")
-        fmt: str | None = args.get("format")
-        if fmt is None and mode != "existing":
+        fmt = image.format
+        if fmt is None and image.mode != "existing":
             fmt = source.driver
         _busy(source)
-        filename: str = args["target"]
-        sync = args["sync"]
-        if mode != "existing":
+        if image.mode != "existing":
             assert fmt is not None
             self._check_create_format(fmt)
-            if sync == "none":
+            if spec.sync == "none":
                 raise QMPError(f"Backing file not supported for file format '{fmt}'")
-            await self.graph.create_file(filename, source.size)
-        ref = self._open_target(filename, fmt, None, {"discard": "unmap", "detect-zeroes": "unmap"})
+            await self.graph.create_file(image.filename, source.size)
+        ref = self._open_target(
+            image.filename, fmt, None, {"discard": "unmap", "detect-zeroes": "unmap"}
+        )
         try:
             return self._backup_common(
-                args, source, ref.node, txn, ref, zero_target=mode != "existing"
+                spec, source, ref.node, txn, ref, zero_target=image.mode != "existing"
             )
         except BaseException:
             ref.release()
@@ -214,7 +217,7 @@ class BlockJobService:
 
     def _backup_common(
         self,
-        args: Mapping[str, Any],
+        spec: BackupSpec,
         source: BlockNode,
         target: BlockNode,
         txn: Transaction | None,
@@ -222,9 +225,9 @@ class BlockJobService:
         *,
         zero_target: bool,
     ) -> Job:
-        sync: str = args["sync"]
-        bitmap = args.get("bitmap")
-        bitmap_mode = args.get("bitmap-mode")
+        sync = spec.sync
+        bitmap = spec.bitmap
+        bitmap_mode = spec.bitmap_mode
         if sync in ("bitmap", "incremental") and bitmap is None:
             raise QMPError(f"must provide a valid bitmap name for '{sync}' sync mode")
         if sync == "incremental" and bitmap_mode not in (None, "on-success"):
@@ -237,7 +240,7 @@ class BlockJobService:
             raise QMPError("Cannot specify bitmap sync mode without a bitmap")
         if source is target:
             raise QMPError("Source and target cannot be the same")
-        if args.get("compress", False):
+        if spec.compress:
             # QEMU names the target's BlockBackend, which has no name here.
             raise QMPError("Compression is not supported for this drive ")
         _busy(source)
@@ -248,15 +251,15 @@ class BlockJobService:
                 "permissions 'write' are both required by a backup job and unshared "
                 "by the filter of another backup job"
             )
-        perf: Mapping[str, Any] = args.get("x-perf") or {}
-        if not 1 <= perf.get("max-workers", 64) <= _INT_MAX:
+        if not 1 <= spec.max_workers <= _INT_MAX:
             raise QMPError(f"max-workers must be between 1 and {_INT_MAX}")
-        if perf.get("max-chunk", 0) < 0:
+        if spec.max_chunk < 0:
             raise QMPError("max-chunk must be zero (which means no limit) or positive")
         if source.size != target.size:
             raise QMPError("Source and target image have different sizes")
         if target.read_only:
             raise QMPError("Could not create node: Block node is read-only")
+        settings = spec.job
         driver = BackupDriver(
             source,
             target,
@@ -264,17 +267,10 @@ class BlockJobService:
             zero_target=zero_target,
             clock=self.jobs.clock,
             executor=self.graph.executor,
-            on_source_error=args.get("on-source-error", "report"),
-            on_target_error=args.get("on-target-error", "report"),
+            on_source_error=settings.on_source_error,
+            on_target_error=settings.on_target_error,
         )
-        job = self.jobs.create(
-            args.get("job-id", ""),
-            driver,
-            txn=txn,
-            speed=args.get("speed", 0),
-            auto_finalize=args.get("auto-finalize", True),
-            auto_dismiss=args.get("auto-dismiss", True),
-        )
+        job = self._create(settings, driver, txn)
         if target_ref is not None:
             driver.hold(target_ref.release)
         driver.hold(self.graph.reference(source).release)
@@ -284,62 +280,74 @@ class BlockJobService:
         self._mark(self._backup_sources, source, driver)
         return job
 
+    def _create(
+        self, settings: JobSettings, driver: BlockJobDriver, txn: Transaction | None
+    ) -> Job:
+        return self.jobs.create(
+            settings.job_id,
+            driver,
+            txn=txn,
+            speed=settings.speed,
+            auto_finalize=settings.auto_finalize,
+            auto_dismiss=settings.auto_dismiss,
+        )
+
     # ------------------------------------------------------------- mirror
 
-    def blockdev_mirror(self, args: Mapping[str, Any]) -> None:
+    def blockdev_mirror(self, spec: MirrorSpec) -> None:
         """``blockdev-mirror``.
 
         :raise QMPError: QEMU's texts, in QEMU's order.
         """
-        source = self._root_node(args["device"])
-        target = self.graph.lookup(args["target"])
-        self._mirror_common(args, source, target, None, zero_target=False)
+        assert spec.target is not None
+        source = self._root_node(spec.device)
+        target = self.graph.lookup(spec.target)
+        self._mirror_common(spec, source, target, None, zero_target=False)
 
-    async def drive_mirror(self, args: Mapping[str, Any]) -> None:
-        """``drive-mirror``: creates the target file unless ``mode`` is existing.
+    async def drive_mirror(self, spec: MirrorSpec) -> None:
+        """``drive-mirror``: creates the target file unless its mode is ``existing``.
 
         :raise QMPError: QEMU's texts, in QEMU's order.
         """
-        source = self._root_node(args["device"])
+        image = spec.new_image
+        assert image is not None
+        source = self._root_node(spec.device)
         _busy(source)
-        mode = args.get("mode", "absolute-paths")
-        fmt: str | None = args.get("format")
-        if fmt is None and mode != "existing":
+        fmt = image.format
+        if fmt is None and image.mode != "existing":
             fmt = source.driver
-        sync = args["sync"]
-        if args.get("replaces") is not None and args.get("node-name") is None:
+        if spec.replaces is not None and spec.node_name is None:
             raise QMPError("a node-name must be provided when replacing a named node of the graph")
-        filename: str = args["target"]
-        if mode != "existing":
+        if image.mode != "existing":
             assert fmt is not None
             self._check_create_format(fmt)
-            if sync == "none":
+            if spec.sync == "none":
                 raise QMPError(f"Backing file not supported for file format '{fmt}'")
-            await self.graph.create_file(filename, source.size)
-        ref = self._open_target(filename, fmt, args.get("node-name"), {})
+            await self.graph.create_file(image.filename, source.size)
+        ref = self._open_target(image.filename, fmt, spec.node_name, {})
         try:
-            self._mirror_common(args, source, ref.node, ref, zero_target=mode != "existing")
+            self._mirror_common(spec, source, ref.node, ref, zero_target=image.mode != "existing")
         except BaseException:
             ref.release()
             raise
 
     def _mirror_common(
         self,
-        args: Mapping[str, Any],
+        spec: MirrorSpec,
         source: BlockNode,
         target: BlockNode,
         target_ref: NodeReference | None,
         *,
         zero_target: bool,
     ) -> Job:
-        granularity = args.get("granularity", 0)
+        granularity = spec.granularity
         if granularity and not 512 <= granularity <= 64 << 20:
             raise QMPError("Parameter 'granularity' expects a value in range [512B, 64MB]")
         if granularity & (granularity - 1):
             raise QMPError("Parameter 'granularity' expects a power of 2")
         _busy(source)
         _busy(target)
-        replaces = args.get("replaces")
+        replaces = spec.replaces
         if replaces is not None:
             to_replace = self.graph.get(replaces)
             if to_replace is None:
@@ -351,10 +359,10 @@ class BlockJobService:
                     f"'{source.node_name}', because it cannot be guaranteed that doing "
                     "so would not lead to an abrupt change of visible data"
                 )
-        sync = args["sync"]
+        sync = spec.sync
         if sync in ("incremental", "bitmap"):
             raise QMPError(f"Sync mode '{sync}' not supported")
-        if args.get("buf-size", 0) < 0:
+        if spec.buf_size < 0:
             raise QMPError("Invalid parameter 'buf-size'")
         if source is target:
             raise QMPError("Can't mirror node into itself")
@@ -362,6 +370,7 @@ class BlockJobService:
         # QEMU's mirror marks only allocated blocks dirty, and a null-co
         # source without read-zeroes has none.
         copy_all = sync != "none" and not (zero_target and _unallocated(source))
+        settings = spec.job
         driver = MirrorDriver(
             source,
             target,
@@ -369,29 +378,25 @@ class BlockJobService:
             zero_target=zero_target,
             clock=self.jobs.clock,
             executor=self.graph.executor,
-            on_source_error=cast(OnError, args.get("on-source-error", "report")),
-            on_target_error=cast(OnError, args.get("on-target-error", "report")),
-        )
-        job = self.jobs.create(
-            args.get("job-id", ""),
-            driver,
-            speed=args.get("speed", 0),
-            auto_finalize=args.get("auto-finalize", True),
-            auto_dismiss=args.get("auto-dismiss", True),
+            on_source_error=settings.on_source_error,
+            on_target_error=settings.on_target_error,
         )
         if target.read_only:
-            # The job exists before it asks for write access to its target.
-            self.jobs.discard(job)
+            # Every check has passed but one that QEMU makes only once the
+            # job exists, when it asks for write access to its target: the
+            # job is announced and dropped (created, null), then the error.
+            self.jobs.discard(self._create(settings, driver, None))
             raise QMPError("Block node is read-only")
         if self._backup_sources[target]:
             # A running backup's filter does not share writes to its source.
             # QEMU names that filter by its generated node name; we have none.
-            self.jobs.discard(job)
+            self.jobs.discard(self._create(settings, driver, None))
             raise QMPError(
                 f"Permission conflict on node '{target.node_name}': permissions 'write' are "
                 f"both required by an unnamed block device (uses node '{target.node_name}' "
                 "as 'root' child) and unshared by the filter of a backup job"
             )
+        job = self._create(settings, driver, None)
         if target_ref is not None:
             driver.hold(target_ref.release)
         driver.hold(source.block_job("mirror").release)
@@ -403,17 +408,17 @@ class BlockJobService:
 
     # ------------------------------------------------------------- create
 
-    def blockdev_create(self, job_id: str, options: Mapping[str, Any]) -> None:
-        """``blockdev-create``: a ``create`` job (auto-dismiss off, no BLOCK_JOB_* events).
+    def create(self, spec: CreateSpec) -> None:
+        """``blockdev-create``: a ``create`` job (auto-dismiss off, no block-job events).
 
         :raise QMPError: "Driver does not support blockdev-create", a bad
             preallocation, or a job id error.
         """
-        if options["driver"] != "file":
+        if spec.driver != "file":
             raise QMPError("Driver does not support blockdev-create")
-        preallocation = options.get("preallocation", "off")
+        preallocation = spec.preallocation
         if preallocation not in PREALLOCATION_MODES:
             raise QMPError(f"Parameter 'preallocation' does not accept value '{preallocation}'")
-        driver = CreateDriver(self.graph, options["filename"], options["size"], preallocation)
-        job = self.jobs.create(job_id, driver, auto_finalize=True, auto_dismiss=False)
+        driver = CreateDriver(self.graph, spec.filename, spec.size, preallocation)
+        job = self.jobs.create(spec.job_id, driver, auto_finalize=True, auto_dismiss=False)
         self.jobs.start(job)

@@ -1,48 +1,125 @@
 """Job-starting commands (backup, mirror, create, transaction).
 
-Thin handlers over :class:`~qmpjobd.blockjobs.BlockJobService`. The ones
-that drain jobs or create files return a coroutine; the session awaits it
-before the reply, so creation events come first.
+Each handler turns the command's arguments (already checked against the
+schema) into a typed spec and hands it to
+:class:`~qmpjobd.blockjobs.BlockJobService`; this is the only place that
+knows these commands' QMP member names. The handlers that drain jobs or
+create files return a coroutine; the session awaits it before the reply,
+so creation events come first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..block import BlockGraph
 from ..blockjobs import BlockJobService
-from ..jobs import JobManager
+from ..blockjobs.specs import (
+    AbortAction,
+    BackupSpec,
+    CreateSpec,
+    JobSettings,
+    MirrorSpec,
+    NewImage,
+    TransactionSpec,
+)
 from . import Handler, SessionControl
 
 
-def blockjob_commands(jobs: JobManager, graph: BlockGraph) -> list[tuple[str, Handler]]:
-    service = BlockJobService(jobs, graph)
+def _settings(args: dict[str, Any]) -> JobSettings:
+    return JobSettings(
+        job_id=args.get("job-id", ""),
+        speed=args.get("speed", 0),
+        auto_finalize=args.get("auto-finalize", True),
+        auto_dismiss=args.get("auto-dismiss", True),
+        on_source_error=args.get("on-source-error", "report"),
+        on_target_error=args.get("on-target-error", "report"),
+    )
 
+
+def _new_image(args: dict[str, Any]) -> NewImage:
+    return NewImage(args["target"], args.get("format"), args.get("mode", "absolute-paths"))
+
+
+def backup_spec(args: dict[str, Any], *, drive: bool) -> BackupSpec:
+    """``blockdev-backup`` (``drive=False``) or ``drive-backup`` arguments."""
+    perf = args.get("x-perf") or {}
+    return BackupSpec(
+        device=args["device"],
+        sync=args["sync"],
+        job=_settings(args),
+        target=None if drive else args["target"],
+        new_image=_new_image(args) if drive else None,
+        bitmap=args.get("bitmap"),
+        bitmap_mode=args.get("bitmap-mode"),
+        compress=args.get("compress", False),
+        max_workers=perf.get("max-workers", 64),
+        max_chunk=perf.get("max-chunk", 0),
+    )
+
+
+def mirror_spec(args: dict[str, Any], *, drive: bool) -> MirrorSpec:
+    """``blockdev-mirror`` (``drive=False``) or ``drive-mirror`` arguments."""
+    return MirrorSpec(
+        device=args["device"],
+        sync=args["sync"],
+        job=_settings(args),
+        target=None if drive else args["target"],
+        new_image=_new_image(args) if drive else None,
+        node_name=args.get("node-name"),
+        replaces=args.get("replaces"),
+        granularity=args.get("granularity", 0),
+        buf_size=args.get("buf-size", 0),
+    )
+
+
+def transaction_spec(args: dict[str, Any]) -> TransactionSpec:
+    properties = args.get("properties") or {}
+    actions: list[BackupSpec | AbortAction] = []
+    for action in args["actions"]:
+        kind = action["type"]
+        if kind == "abort":
+            actions.append(AbortAction())
+        else:
+            actions.append(backup_spec(action["data"], drive=kind == "drive-backup"))
+    return TransactionSpec(
+        tuple(actions), grouped=properties.get("completion-mode", "individual") == "grouped"
+    )
+
+
+def create_spec(args: dict[str, Any]) -> CreateSpec:
+    options = args["options"]
+    return CreateSpec(
+        job_id=args["job-id"],
+        driver=options["driver"],
+        filename=options.get("filename", ""),
+        size=options.get("size", 0),
+        preallocation=options.get("preallocation", "off"),
+    )
+
+
+def blockjob_commands(service: BlockJobService) -> list[tuple[str, Handler]]:
     async def blockdev_backup(session: SessionControl, args: dict[str, Any]) -> Any:
-        await service.blockdev_backup(args)
+        await service.backup(backup_spec(args, drive=False))
         return {}
 
     async def drive_backup(session: SessionControl, args: dict[str, Any]) -> Any:
-        await service.drive_backup(args)
+        await service.backup(backup_spec(args, drive=True))
         return {}
 
     async def transaction(session: SessionControl, args: dict[str, Any]) -> Any:
-        properties = args.get("properties") or {}
-        grouped = properties.get("completion-mode", "individual") == "grouped"
-        actions = [(action["type"], action["data"]) for action in args["actions"]]
-        await service.transaction(actions, grouped=grouped)
+        await service.transaction(transaction_spec(args))
         return {}
 
     def blockdev_mirror(session: SessionControl, args: dict[str, Any]) -> Any:
-        service.blockdev_mirror(args)
+        service.blockdev_mirror(mirror_spec(args, drive=False))
         return {}
 
     async def drive_mirror(session: SessionControl, args: dict[str, Any]) -> Any:
-        await service.drive_mirror(args)
+        await service.drive_mirror(mirror_spec(args, drive=True))
         return {}
 
     def blockdev_create(session: SessionControl, args: dict[str, Any]) -> Any:
-        service.blockdev_create(args["job-id"], args["options"])
+        service.create(create_spec(args))
         return {}
 
     return [

@@ -20,9 +20,11 @@ from .listener import JobListener
 from .manager import JobInfo, JobManager
 from .tables import (
     COMPLETED_STATUSES,
+    QEMU_7_2_TABLES,
     TRANSITIONS,
     VERB_TABLE,
     JobStatus,
+    JobTables,
     JobType,
     JobVerb,
     transition_allowed,
@@ -32,6 +34,7 @@ from .txn import Transaction
 
 __all__ = [
     "COMPLETED_STATUSES",
+    "QEMU_7_2_TABLES",
     "TRANSITIONS",
     "VERB_TABLE",
     "ErrorAction",
@@ -45,6 +48,7 @@ __all__ = [
     "JobManager",
     "JobStateError",
     "JobStatus",
+    "JobTables",
     "JobType",
     "JobVerb",
     "Transaction",

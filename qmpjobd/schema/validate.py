@@ -14,6 +14,7 @@ Must not import: jobs, block.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -255,3 +256,93 @@ def stock_registry(types: Mapping[str, Mapping[str, Any]]) -> referencing.Regist
         for name, doc in types.items()
     ]
     return referencing.Registry().with_resources(resources)
+
+
+_TRUE = frozenset({"on", "yes", "true", "y"})
+_FALSE = frozenset({"off", "no", "false", "n"})
+
+
+_KEYVAL_INT = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
+
+
+def _keyval_int(text: str) -> int | None:
+    """QEMU's qemu_strtoi64 with base 0: decimal, 0x hex, 0 octal."""
+    if _KEYVAL_INT.match(text) is None:
+        return None
+    sign = -1 if text.startswith("-") else 1
+    body = text.lstrip("+-")
+    if body[:2].lower() == "0x":
+        return sign * int(body[2:], 16)
+    return sign * int(body, 8 if body.startswith("0") else 10)
+
+
+def _keyval_typed(
+    walker: Walker,
+    schema: Mapping[str, Any],
+    value: Any,
+    path: tuple[str | int, ...],
+    root: Mapping[str, Any] | None,
+) -> Any:
+    schema, root = walker.resolve(schema, root)
+    if "anyOf" in schema:
+        # An alternate: an object for dotted keys, otherwise the scalar branch.
+        for branch in schema["anyOf"]:
+            resolved, branch_root = walker.resolve(branch, root)
+            kind = resolved.get("type", "string" if "enum" in resolved else "object")
+            if (kind == "object") == isinstance(value, dict):
+                return _keyval_typed(walker, resolved, value, path, branch_root)
+        return value
+    kind = schema.get("type")
+    if isinstance(value, str):
+        if kind == "integer":
+            number = _keyval_int(value)
+            if number is None:
+                raise QMPError(f"Parameter '{_full_name(path)}' expects integer")
+            return number
+        if kind == "number":
+            try:
+                return float(value)
+            except ValueError:
+                raise QMPError(f"Parameter '{_full_name(path)}' expects number") from None
+        if kind == "boolean":
+            if value in _TRUE:
+                return True
+            if value in _FALSE:
+                return False
+            raise QMPError(f"Parameter '{_full_name(path)}' expects 'on' or 'off'")
+        return value
+    if isinstance(value, list) and kind == "array":
+        items = schema.get("items", {})
+        return [
+            _keyval_typed(walker, items, item, (*path, i), root) for i, item in enumerate(value)
+        ]
+    if isinstance(value, dict) and kind == "object":
+        members: dict[str, Any] = dict(schema.get("properties", {}))
+        union = schema.get("x-union")
+        if union is not None:
+            tag = value.get(union["discriminator"])
+            variant = union["variants"].get(tag) if isinstance(tag, str) else None
+            if variant is not None:
+                variant, variant_root = walker.resolve(variant, root)
+                for name, sub in variant.get("properties", {}).items():
+                    members[name] = (sub, variant_root)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = members.get(key)
+            if sub is None:
+                out[key] = item
+            elif isinstance(sub, tuple):
+                out[key] = _keyval_typed(walker, sub[0], item, (*path, key), sub[1])
+            else:
+                out[key] = _keyval_typed(walker, sub, item, (*path, key), root)
+        return out
+    return value
+
+
+def keyval_typed(
+    walker: Walker, schema: Mapping[str, Any], value: dict[str, Any]
+) -> dict[str, Any]:
+    """Give a keyval option's strings the types ``schema`` asks for."""
+    typed = _keyval_typed(walker, schema, value, (), None)
+    assert isinstance(typed, dict)
+    return typed
