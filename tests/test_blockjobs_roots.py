@@ -74,3 +74,29 @@ async def test_a_mirror_cannot_write_into_a_running_backups_source(
     await c.wait_for("J", "null", "j1")
     await c.ok("blockdev-mirror", device="c", target="a", sync="full", **{"job-id": "j2"})
     await c.ok("job-cancel", id="j2")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="qmpjobd difference: a node's parents do not pass their users' unshared "
+    "permissions down to it (QEMU's permission propagation is not modelled)",
+)
+async def test_a_mirror_cannot_write_under_a_raw_node_a_backup_reads(c: JobClient) -> None:
+    """QEMU 7.2: raw 'r' over 'b' is a running backup's source, so 'r' does not
+    share writes to 'b'; a mirror into 'b' is refused (created, null, error)."""
+    for name in ("a", "b", "c"):
+        await add_null(c, name, 1 << 20)
+    await c.ok("blockdev-add", driver="raw", file="b", **{"node-name": "r"})
+    await c.ok("blockdev-backup", device="r", target="c", sync="none", **{"job-id": "j1"})
+    reply = await c.cmd("blockdev-mirror", device="a", target="b", sync="full", **{"job-id": "j2"})
+    if "return" in reply:
+        await c.ok("job-cancel", id="j2")
+    await c.ok("job-cancel", id="j1")
+    assert reply == {
+        "error": {
+            "class": "GenericError",
+            "desc": "Permission conflict on node 'b': permissions 'write' are both required by "
+            "an unnamed block device (uses node 'b' as 'root' child) and unshared by node 'r' "
+            "(uses node 'b' as 'file' child).",
+        }
+    }
