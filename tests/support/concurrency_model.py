@@ -1244,8 +1244,10 @@ class Interleaving:
             reply = await self.execute(clients[0], "c0", "query-block-jobs", None)
             for info in reply["return"]:
                 job = self.app.jobs.get(info["device"])
+                if job is None:
+                    continue  # it ended (a pause request does not stop a run that is ending)
                 if (info["paused"] or info["status"] in ("paused", "standby")) and not (
-                    job is not None and job.user_paused
+                    job.user_paused
                 ):
                     problems.append(f"query-block-jobs shows a job paused by nobody: {info}")
             if problems:
