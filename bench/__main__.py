@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: qmpjobd, qemu, NAME=sock:PATH, NAME=cmd:COMMAND "
         "(default qmpjobd,qemu; the first is the ratios' base)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds per benchmark instead of the mode's (the copy benchmark runs "
+        "two fewer, at least one)",
+    )
     parser.add_argument("--out", default=None, help="write the Markdown report here")
     parser.add_argument(
         "--only", default=None, help="comma-separated benchmarks: " + ",".join(n for n, _ in ALL)
@@ -46,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    ctx = Ctx(targets, Params.for_mode(mode_name), results, log)
+    params = Params.for_mode(mode_name)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        params.rounds = args.rounds
+    ctx = Ctx(targets, params, results, log)
     t0 = time.monotonic()
     failed = False
     for name, fn in ALL:

@@ -507,7 +507,16 @@ def _make_source(path: str, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def _timed(argv: list[str]) -> float:
+def _fresh(path: str) -> None:
+    """Remove *path* and sync: what an earlier copy left dirty, and freeing
+    its blocks (a discard, on some file systems), are not the next copy's."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.sync()
+
+
+def _timed(argv: list[str], dst: str) -> float:
+    _fresh(dst)
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
@@ -516,6 +525,7 @@ def _timed(argv: list[str]) -> float:
 def _backup_file(
     run: Running, src: str, dst: str, size: int, *, fsync: bool, probe: list[float] | None = None
 ) -> float:
+    _fresh(dst)
     with open(dst, "wb") as f:
         f.truncate(size)
     conn = SyncQMP(run.sock(0))
@@ -565,14 +575,15 @@ def bench_copy(ctx: Ctx) -> None:
     R = ctx.results
     rows = [
         ("backup, warm cache", "s", Goal("<=", 0.8)),
-        ("backup + fsync, warm cache", "s", None),
+        ("backup + fsync, warm cache", "s", Goal("<=", 0.8)),
         ("backup, cold cache", "s", Goal("<=", 0.8)),
-        ("backup + fsync, cold cache", "s", None),
+        ("backup + fsync, cold cache", "s", Goal("<=", 0.8)),
         ("cp, warm cache", "s", None),
         ("cp, cold cache", "s", None),
         ("dd conv=fsync, warm cache", "s", None),
         ("dd conv=fsync, cold cache", "s", None),
-        ("backup + fsync ÷ dd conv=fsync (warm)", "×", Goal("<=", 1.05, relative=False)),  # noqa: RUF001
+        ("backup + fsync ÷ dd conv=fsync (warm)", "×", Goal("<=", 1.0, relative=False)),  # noqa: RUF001
+        ("backup + fsync ÷ dd conv=fsync (cold)", "×", Goal("<=", 1.0, relative=False)),  # noqa: RUF001
         ("query-jobs p99 during the copy", "µs", Goal("<=", 1.0)),
     ]
     for n, u, g in rows:
@@ -600,33 +611,40 @@ def bench_copy(ctx: Ctx) -> None:
                             pass
                     add("backup, warm cache", _backup_file(run, src, dst, size, fsync=False))
                     add("backup + fsync, warm cache", _backup_file(run, src, dst, size, fsync=True))
-                    add("cp, warm cache", _timed(["cp", src, dst]))
+                    add("cp, warm cache", _timed(["cp", src, dst], dst))
                     add(
                         "dd conv=fsync, warm cache",
-                        _timed(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync"]),
+                        _timed(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync"], dst),
                     )
                     how = _drop_caches([src, dst])
                     add("backup, cold cache", _backup_file(run, src, dst, size, fsync=False))
                     _drop_caches([src, dst])
                     add("backup + fsync, cold cache", _backup_file(run, src, dst, size, fsync=True))
                     _drop_caches([src, dst])
-                    add("cp, cold cache", _timed(["cp", src, dst]))
+                    add("cp, cold cache", _timed(["cp", src, dst], dst))
                     _drop_caches([src, dst])
                     add(
                         "dd conv=fsync, cold cache",
-                        _timed(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync"]),
+                        _timed(["dd", f"if={src}", f"of={dst}", "bs=1M", "conv=fsync"], dst),
                     )
-                    m = R.metric(S, "backup + fsync, warm cache", "")
-                    d = R.metric(S, "dd conv=fsync, warm cache", "")
-                    add(
-                        "backup + fsync ÷ dd conv=fsync (warm)",
-                        m.values[spec.name][-1] / d.values[spec.name][-1],
-                    )
+                    for cache in ("warm", "cold"):
+                        m = R.metric(S, f"backup + fsync, {cache} cache", "")
+                        d = R.metric(S, f"dd conv=fsync, {cache} cache", "")
+                        add(
+                            f"backup + fsync ÷ dd conv=fsync ({cache})",
+                            m.values[spec.name][-1] / d.values[spec.name][-1],
+                        )
                     probe: list[float] = []
                     _backup_file(run, src, dst, size, fsync=False, probe=probe)
                     if probe:
                         add("query-jobs p99 during the copy", percentile(probe, 99))
                     R.note(f"Cold cache: {how} before each cold copy.")
+                    R.note(
+                        "Copy: 'backup + fsync' is the time from blockdev-backup to a durable "
+                        "target (the job's end, then blockdev-del, which flushes the target); "
+                        "every copy goes to a new file, after a sync, so none writes back or frees "
+                        "another's data."
+                    )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -160,6 +160,22 @@ def _command(spec: TargetSpec, sockets: list[str]) -> list[str]:
     return shlex.split(spec.value.replace("{sock}", shlex.quote(sockets[0])))
 
 
+def _first_connection(run: Running) -> SyncQMP:
+    """Connect to a server whose socket exists: it may not listen yet (the
+    file appears at bind, before listen)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return SyncQMP(run.sock(0))
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline or (
+                run.proc is not None and run.proc.poll() is not None
+            ):
+                run.stop()
+                raise
+            time.sleep(0.005)
+
+
 def start(spec: TargetSpec, monitors: int = 1) -> Running:
     """Start *spec* with room for *monitors* monitors at once (one socket for
     servers that multiplex), wait until it greets, and learn its commands."""
@@ -194,9 +210,13 @@ def start(spec: TargetSpec, monitors: int = 1) -> Running:
                 run.stop()
                 raise RuntimeError(f"{spec.name} did not create its socket in 30 s")
             time.sleep(0.005)
-    conn = SyncQMP(run.sock(0))
     try:
-        run.commands = {c["name"] for c in conn.execute("query-commands")}
-    finally:
-        conn.close()
+        conn = _first_connection(run)
+        try:
+            run.commands = {c["name"] for c in conn.execute("query-commands")}
+        finally:
+            conn.close()
+    except BaseException:
+        run.stop()  # not left running when it cannot be used
+        raise
     return run

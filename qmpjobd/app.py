@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import EMULATED_QEMU_VERSION, __version__, protocol
+from . import __version__, protocol
 from .block import BlockGraph
 from .blockjobs import BlockJobEvents, BlockJobService
 from .clock import DEFAULT_EPOCH, Clock, SystemClock, VirtualClock
@@ -28,6 +28,7 @@ from .errors import ConfigError, QMPError
 from .events import Event, EventBus
 from .jobs import JobManager
 from .pidfile import PidFile
+from .profile import DEFAULT_PROFILE, Profile, profile
 from .schema import SchemaSet
 from .server import DEFAULT_MAX_OUTBOUND, Server
 from .systemd import Notifier, PassedSocket
@@ -62,8 +63,8 @@ class Config:
     notify_socket: str | None = None
     #: Nodes to create at start-up, in order, as blockdev-add creates them.
     blockdevs: Sequence[StartupBlockdev] = field(default_factory=list)
-    #: The QEMU release to emulate; only 7.2.0 exists for now.
-    qemu_version: tuple[int, int, int] = EMULATED_QEMU_VERSION
+    #: The QEMU release to emulate (a name in :data:`qmpjobd.profile.PROFILES`).
+    qemu_version: str = DEFAULT_PROFILE
     #: "system", or "virtual": time moves only when x-qmpjobd-advance-clock says so.
     clock: str = "system"
     #: Where a virtual clock starts (seconds since the Unix epoch).
@@ -88,9 +89,10 @@ class App:
         if clock is None:
             clock = VirtualClock(config.clock_epoch) if config.clock == "virtual" else SystemClock()
         self.clock: Clock = clock
-        self.schemas = SchemaSet()
+        self.profile: Profile = profile(config.qemu_version)
+        self.schemas = SchemaSet(overlay=self.profile.schema_overlay)
         self.bus = EventBus(self.clock)
-        self.jobs = JobManager(self.bus, self.clock)
+        self.jobs = JobManager(self.bus, self.clock, self.profile.job_tables)
         self.jobs.add_listener(BlockJobEvents(self.bus))
         self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
         self.blockjobs = BlockJobService(self.jobs, self.graph)
@@ -103,6 +105,7 @@ class App:
         #: Set once every socket listens.
         self.started = asyncio.Event()
         self.core = CoreContext(
+            version=protocol.version_info(self.profile.qemu_version),
             schemas=self.schemas,
             prepare_quit=self.prepare_quit,
             request_stop=self.request_stop,
@@ -116,6 +119,13 @@ class App:
             *core_commands(self.core),
             *control_commands(self.control),
         ]
+        if self.profile.commands is not None:
+            # The extensions (x-qmpjobd-*) are there whatever the release.
+            commands = [
+                (name, h)
+                for name, h in commands
+                if name in self.profile.commands or name.startswith("x-qmpjobd-")
+            ]
         commands = attributed(self.control, commands)
         virtual = self.control.clock.virtual
         if virtual is not None:
@@ -137,6 +147,7 @@ class App:
             max_outbound=config.max_outbound,
             passed_sockets=config.passed_sockets,
             sessions_changed=self._status_changed,
+            greeting=protocol.greeting(self.profile.qemu_version),
         )
 
     async def prepare_quit(self) -> None:
@@ -185,7 +196,7 @@ class App:
             self._notifier = Notifier(self.config.notify_socket)
             self.bus.subscribe(self._job_event)
         self.started.set()
-        version = ".".join(map(str, self.config.qemu_version))
+        version = self.profile.release
         log.info(
             "qmpjobd %s (QEMU %s) started, pid %d, listening on %s",
             __version__,

@@ -22,6 +22,7 @@ from .app import App, Config, StartupBlockdev
 from .clock import DEFAULT_EPOCH
 from .errors import ConfigError
 from .keyval import parse_keyval, parse_opts
+from .profile import DEFAULT_PROFILE, PROFILES
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -96,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="restrict image files to these existing folders (repeatable)",
+    )
+    parser.add_argument(
+        "--qemu-version",
+        default=DEFAULT_PROFILE,
+        choices=sorted(PROFILES),
+        metavar="VERSION",
+        help=f"the QEMU release to behave as: {', '.join(sorted(PROFILES))}"
+        f" (default {DEFAULT_PROFILE})",
     )
     parser.add_argument(
         "--log-level",
@@ -334,6 +343,7 @@ def make_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
         allow_paths=[Path(os.path.abspath(p)) for p in args.allow_paths],
         passed_sockets=passed,
         notify_socket=notify if notify and notify.startswith(("/", "@")) else None,
+        qemu_version=args.qemu_version,
         clock=args.clock,
         clock_epoch=args.clock_epoch,
     )

@@ -45,14 +45,14 @@ PACKAGE: Final = f"qmpjobd {__version__}"
 OFFERED_CAPABILITIES: Final = ("oob",)
 
 
-def version_info() -> dict[str, Any]:
+def version_info(qemu: tuple[int, int, int] = EMULATED_QEMU_VERSION) -> dict[str, Any]:
     """``query-version``'s result, also the greeting's ``version`` member."""
-    major, minor, micro = EMULATED_QEMU_VERSION
+    major, minor, micro = qemu
     return {"qemu": {"micro": micro, "minor": minor, "major": major}, "package": PACKAGE}
 
 
-def greeting() -> dict[str, Any]:
-    return {"QMP": {"version": version_info(), "capabilities": list(OFFERED_CAPABILITIES)}}
+def greeting(qemu: tuple[int, int, int] = EMULATED_QEMU_VERSION) -> dict[str, Any]:
+    return {"QMP": {"version": version_info(qemu), "capabilities": list(OFFERED_CAPABILITIES)}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import protocol
+from . import protocol, wire
 from .commands import CommandTable
 from .dispatch import Dispatcher
 from .errors import ConfigError
@@ -73,7 +74,9 @@ class Server:
         max_outbound: int = DEFAULT_MAX_OUTBOUND,
         passed_sockets: Sequence[PassedSocket] = (),
         sessions_changed: Callable[[], None] | None = None,
+        greeting: dict[str, Any] | None = None,
     ) -> None:
+        self.greeting = wire.encode(greeting if greeting is not None else protocol.greeting())
         self.negotiation_table = negotiation_table
         self.command_table = command_table
         self.socket_paths = [Path(p) for p in socket_paths]

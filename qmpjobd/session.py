@@ -44,6 +44,8 @@ class SessionHost(Protocol):
     command_table: CommandTable
     max_outbound: int
     dispatcher: Dispatcher
+    #: The encoded greeting (the profile's release).
+    greeting: bytes
 
     def negotiated(self, session: Session) -> None: ...
 
@@ -98,7 +100,7 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self.send(protocol.greeting())
+        self.write(self.server.greeting)
 
     def data_received(self, data: bytes) -> None:
         if self.runstate is Runstate.CLOSED:

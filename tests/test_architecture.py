@@ -14,6 +14,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "errors": {"*"},
     "clock": {"*"},
     "dispatch": {"*"},
+    "profile": {"session", "server", "commands", "app", "cli", "block", "blockjobs"},
     "events": {
         "jobs",
         "block",
@@ -170,7 +171,7 @@ def test_layers_import_only_what_they_may() -> None:
 def test_the_checker_sees_imports() -> None:
     assert "qmpjobd:errors" in _imports(PACKAGE / "protocol.py")
     assert "qmpjobd:protocol" in _imports(PACKAGE / "session.py")
-    assert "qmpjobd:wire.qdict" in _imports(PACKAGE / "block" / "nodes.py")
+    assert "qmpjobd:wire.qdict" in _imports(PACKAGE / "block" / "info.py")
 
 
 def _definitions() -> dict[str, list[str]]:
@@ -219,6 +220,36 @@ def test_schema_is_a_package_of_loader_validate_introspect() -> None:
     for module in ("validate.py", "introspect.py"):
         imported = _imports(folder / module)
         assert not imported & {"importlib.resources", "pathlib"}, module
+
+
+def test_block_drivers_live_in_the_registry_not_in_the_graph() -> None:
+    """graph.py keeps names, references and permissions; each driver is one
+    module of block/drivers/, found only through the registry."""
+    import importlib
+    import inspect
+
+    from qmpjobd.block.drivers import DRIVERS
+    from qmpjobd.block.node import BlockNode
+
+    assert {"null-co", "null-aio", "file", "raw", "blkdebug"} <= set(DRIVERS)
+    graph = ast.parse((PACKAGE / "block" / "graph.py").read_text())
+    strings = {
+        n.value for n in ast.walk(graph) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+    assert strings & set(DRIVERS) == set()
+    names = {n.id for n in ast.walk(graph) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(graph) if isinstance(n, ast.Attribute)}
+    names |= {a.name for n in ast.walk(graph) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert names & {cls.__name__ for cls in DRIVERS.values()} == set()
+    modules = {n.module for n in ast.walk(graph) if isinstance(n, ast.ImportFrom)}
+    assert "drivers" in modules
+    assert not any((m or "").startswith("drivers.") for m in modules), modules
+    # Every node class of a driver module is registered under its own name.
+    for path in sorted((PACKAGE / "block" / "drivers").glob("*.py")):
+        module = importlib.import_module(f"qmpjobd.block.drivers.{path.stem}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BlockNode) and cls.__module__ == module.__name__:
+                assert DRIVERS.get(cls.driver) is cls, cls
 
 
 def test_test_helpers_live_in_tests_support() -> None:

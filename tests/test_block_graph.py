@@ -1232,6 +1232,101 @@ def test_lookup_finds_generated_names(graph: BlockGraph) -> None:
     assert graph.lookup("#block000").driver == "null-co"
 
 
+def test_info_places_format_members_in_qapi_order(
+    graph: BlockGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a format with a backing file (qcow2) adds to the info: members a
+    driver returns from image_info_members go to their QAPI place, and
+    backing-filename also fills BlockDeviceInfo's backing_file."""
+    from qmpjobd.block import info
+
+    node = graph.add({"driver": "null-co", "node-name": "n"})
+    extra = {"format-specific": {"type": "x"}, "backing-filename": "b.img", "cluster-size": 512}
+    monkeypatch.setattr(node, "image_info_members", lambda: extra)
+    image = info.image_info(node)
+    assert list(image) == [
+        "filename",
+        "format",
+        "actual-size",
+        "virtual-size",
+        "cluster-size",
+        "backing-filename",
+        "format-specific",
+    ]
+    device = info.device_info(node)
+    assert device["backing_file"] == "b.img"
+    # backing_file and write_threshold share a bucket: inserted in QAPI order,
+    # the later one (write_threshold) prints first, as in QEMU.
+    keys = list(device)
+    assert keys.index("write_threshold") < keys.index("backing_file")
+    monkeypatch.setattr(node, "image_info_members", lambda: {"no-such-member": 1})
+    with pytest.raises(ValueError):
+        info.image_info(node)
+
+
+def _window_driver(*, early: bool = False) -> type[Any]:
+    """A toy filter driver, built only from the driver interface (block/node.py)."""
+    from qmpjobd.block.node import BlockNode, Opening
+
+    class WindowNode(BlockNode):
+        driver = "x-window"
+
+        @classmethod
+        def open(cls, opening: Opening) -> BlockNode:
+            opening.name()
+            if early:  # a bug: the child is taken after the node is built
+                node = cls(opening)
+                opening.child("image")
+                return node
+            opening.child("image")
+            return cls(opening)
+
+        def _length(self) -> int:
+            return self.children["image"].size
+
+        def filter_or_cow_child(self) -> BlockNode | None:
+            return self.children["image"]
+
+    return WindowNode
+
+
+def test_a_new_driver_is_a_module_and_a_registry_entry(
+    graph: BlockGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qmpjobd.block import drivers
+    from qmpjobd.block import graph as graph_module
+
+    registry = {**drivers.DRIVERS, "x-window": _window_driver()}
+    monkeypatch.setattr(graph_module, "DRIVERS", registry)
+    node = graph.add(
+        {"driver": "x-window", "node-name": "w", "image": {"driver": "null-co", "size": 1024}}
+    )
+    assert node.size == 1024 and node.children["image"].parent_count == 1
+    [_, top] = graph.query_named_block_nodes()  # named before its child: listed after it
+    assert top["drv"] == "x-window" and top["backing_file_depth"] == 1
+    assert top["file"] == (
+        'json:{"image": {"driver": "null-co", "size": 1024}, "driver": "x-window"}'
+    )
+    graph.delete("w")
+    assert graph.nodes() == []
+
+
+def test_a_driver_that_builds_its_node_too_early_is_refused(
+    graph: BlockGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qmpjobd.block import drivers
+    from qmpjobd.block import graph as graph_module
+
+    registry = {**drivers.DRIVERS, "x-window": _window_driver(early=True)}
+    monkeypatch.setattr(graph_module, "DRIVERS", registry)
+    graph.add({"driver": "null-co", "node-name": "n"})
+    with pytest.raises(RuntimeError):
+        graph.add({"driver": "x-window", "node-name": "w", "image": "n"})
+    assert [n.node_name for n in graph.nodes()] == ["n"]
+    assert graph.lookup("n").refcnt == 1
+    graph.delete("n")
+
+
 # -- allow-path -------------------------------------------------------------------
 
 

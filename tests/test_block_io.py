@@ -393,6 +393,36 @@ async def test_blkdebug_over_file_passes_data(graph: BlockGraph, tmp_path: Path)
     assert await outcome(node.read(4096, 4096)) == ENOSPC
 
 
+# -- the host file a format layer works on -----------------------------------------
+
+
+async def test_host_fd_only_where_the_bytes_are_a_host_files(
+    graph: BlockGraph, tmp_path: Path
+) -> None:
+    from qmpjobd.block.qcow2 import FdHostFile
+
+    data = os.urandom(8192)
+    path = tmp_path / "h.img"
+    path.write_bytes(data)
+    f = graph.add({"driver": "file", "node-name": "f", "filename": str(path)})
+    fd = f.host_fd()
+    assert fd is not None and os.path.samestat(os.fstat(fd), os.stat(path))
+    host = FdHostFile(fd)
+    assert host.pread(4096, 4096) == await f.read(4096, 4096) == data[4096:]
+    host.close()  # not owned: the node's descriptor stays open
+    assert await f.read(0, 512) == data[:512]
+    for options in (
+        {"driver": "raw", "node-name": "r", "file": "f"},
+        {"driver": "blkdebug", "node-name": "d", "image": "f"},
+        {"driver": "null-co", "node-name": "n"},
+    ):
+        node = graph.add(options)
+        assert node.host_fd() is None, node
+        graph.delete(node.node_name)
+    graph.delete("f")
+    assert f.host_fd() is None
+
+
 # -- create_file -------------------------------------------------------------------
 
 

@@ -121,6 +121,8 @@ class _Host:
         self.events: list[tuple[str, dict[str, object]]] = []
         self.bus.subscribe(lambda e: self.events.append((e.name, dict(e.data))))
         self.changes: list[tuple[JobStatus, JobStatus]] = []
+        self.transitions = TRANSITIONS
+        self.listeners = ()
 
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
         self.changes.append((old, new))

@@ -1,17 +1,20 @@
-"""The block graph: ``blockdev-add``, ``blockdev-del``, lookups and the node list.
+"""The block graph: names, references, permissions; ``blockdev-add``, ``blockdev-del``.
 
 The command layer has already checked the arguments against the JSON Schema
-(types, required and unknown members, enum values); everything semantic is
-checked here, in QEMU 7.2's order and with its texts:
+(types, required and unknown members, enum values); each driver checks its
+own options (``block/drivers``), in QEMU 7.2's order and with its texts.
+The graph knows no driver by name: it looks the ``driver`` member up in the
+registry and hands the driver an :class:`~qmpjobd.block.node.Opening`.
 
-* A node gets its name when it is opened: ``raw`` opens its ``file`` child
-  first and is named after it, ``null-co``, ``file`` and ``blkdebug`` are
-  named first. Unnamed nested children get generated names
+* A node gets its name when its driver calls ``name()``: a format driver
+  opens its ``file`` child first and is named after it, a protocol or filter
+  driver is named first. Unnamed nested children get generated names
   ``#block<counter><two random digits>``; the counter also advances for
   nodes that then fail to open, like QEMU's.
 * ``query-named-block-nodes`` lists nodes in the reverse order of naming.
 * Children given as options are implicit: they belong to their parent, go
   away with it, and cannot be deleted by ``blockdev-del``.
+* If any node of a tree fails to open, every node the tree opened is undone.
 
 Must not import: jobs, sockets, JSON.
 """
@@ -19,44 +22,21 @@ Must not import: jobs, sockets, JSON.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..errors import QMPError
-from .nodes import (
-    _BLKDEBUG_LIMITS,
-    BLKDEBUG_SIZE_OPTIONS,
-    BlkdebugNode,
-    BlockNode,
-    FileNode,
-    IOContext,
-    NodeReference,
-    NullAioNode,
-    NullNode,
-    RawNode,
-    round_up,
-)
+from . import info
+from .drivers import DRIVERS
+from .node import BlockNode, IOContext, NodeReference
 
 DEFAULT_IO_WORKERS = 4
 _NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")
 _NODE_NAME_MAX = 31
-_INT_MAX = (1 << 31) - 1
-#: QEMU's largest node length: INT64_MAX rounded down to a sector.
-_MAX_LENGTH = ((1 << 63) - 1) // 512 * 512
-
-
-def _non_negative(options: dict[str, Any], key: str) -> None:
-    """QEMU parses size-like options as uint64 and refuses negative numbers."""
-    value = options.get(key)
-    if value is not None and value < 0:
-        raise QMPError(f"Parameter '{key}' expects a non-negative number below 2^64")
-
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +45,54 @@ def is_under(path: Path, roots: Sequence[Path]) -> bool:
     """Whether ``path``, with symlinks resolved, lies inside one of ``roots``."""
     resolved = path.resolve()
     return any(resolved.is_relative_to(root) for root in roots)
+
+
+class _Opening:
+    """One node being opened (the graph's side of :class:`~qmpjobd.block.node.Opening`)."""
+
+    def __init__(self, graph: BlockGraph, options: dict[str, Any], opened: list[BlockNode]) -> None:
+        self._graph = graph
+        self.options = options
+        self.read_only = bool(options.get("read-only", False))
+        self.io = graph._ctx
+        self.children: dict[str, BlockNode] = {}
+        self._opened = opened
+        self._name: str | None = None
+        self.order = 0
+
+    @property
+    def node_name(self) -> str:
+        if self._name is None:
+            raise RuntimeError("the driver built its node before naming it")
+        return self._name
+
+    def name(self) -> str:
+        if self._name is not None:
+            raise RuntimeError("a node is named once")
+        self._name, self.order = self._graph._assign_name(self.options)
+        if self.options.get("detect-zeroes") == "unmap" and self.options.get("discard") != "unmap":
+            raise QMPError(
+                "setting detect-zeroes to unmap is not allowed "
+                "without setting discard operation to unmap"
+            )
+        return self._name
+
+    def child(self, role: str, ref: str | dict[str, Any] | None = None) -> BlockNode:
+        if role in self.children:
+            raise RuntimeError(f"child {role!r} taken twice")
+        if ref is None:
+            ref = self.options[role]
+        graph = self._graph
+        if isinstance(ref, str):
+            node = graph.lookup(ref)
+        else:
+            node = graph._open(ref, self.read_only, self._opened)
+        node.refcnt += 1
+        self.children[role] = node
+        return node
+
+    def check_path(self, filename: str) -> None:
+        self._graph.check_path(filename)
 
 
 class BlockGraph:
@@ -125,7 +153,7 @@ class BlockGraph:
 
     def query_named_block_nodes(self) -> list[dict[str, Any]]:
         """``query-named-block-nodes``: BlockDeviceInfo of every node, newest first."""
-        return [node.device_info() for node in self.nodes()]
+        return [info.device_info(node) for node in self.nodes()]
 
     def reference(self, node: BlockNode) -> NodeReference:
         """Keep ``node`` in use (blockdev-del then answers "Block device %s is in use")."""
@@ -166,152 +194,33 @@ class BlockGraph:
         self._order += 1
         return name, self._order
 
-    def _register(self, node: BlockNode, order: int, opened: list[BlockNode]) -> None:
-        self._pending.discard(node.node_name)
-        node._order = order
-        self._nodes[node.node_name] = node
-        for child in node.children.values():
-            child.parent_count += 1
-        opened.append(node)
-
-    def _child(
-        self, ref: str | dict[str, Any], parent_ro: bool, opened: list[BlockNode]
-    ) -> BlockNode:
-        child = self.lookup(ref) if isinstance(ref, str) else self._open(ref, parent_ro, opened)
-        child.refcnt += 1
-        return child
-
-    def _common_checks(self, options: dict[str, Any]) -> None:
-        if options.get("detect-zeroes") == "unmap" and options.get("discard") != "unmap":
-            raise QMPError(
-                "setting detect-zeroes to unmap is not allowed "
-                "without setting discard operation to unmap"
-            )
-
     def _open(
         self, options: dict[str, Any], parent_ro: bool | None, opened: list[BlockNode]
     ) -> BlockNode:
         options = dict(options)  # the node keeps its options; the caller's dict stays as given
         if "read-only" not in options and parent_ro is not None:
             options["read-only"] = parent_ro
-        read_only = bool(options.get("read-only", False))
         driver = options["driver"]
-        if driver == "raw":
-            return self._open_raw(options, read_only, opened)
-        if driver in ("null-co", "null-aio"):
-            return self._open_null(options, opened)
-        if driver == "file":
-            return self._open_file(options, read_only, opened)
-        if driver == "blkdebug":
-            return self._open_blkdebug(options, read_only, opened)
-        raise QMPError(f"Parameter 'driver' does not accept value '{driver}'")
-
-    def _open_null(self, options: dict[str, Any], opened: list[BlockNode]) -> BlockNode:
-        name, order = self._assign_name(options)
-        self._common_checks(options)
-        _non_negative(options, "size")
-        if options.get("latency-ns", 0) < 0:
-            raise QMPError("latency-ns is invalid")
-        if round_up(options.get("size", 0)) > _MAX_LENGTH:
-            raise QMPError("Could not refresh total sector count: File too large")
-        cls = NullAioNode if options["driver"] == "null-aio" else NullNode
-        node = cls(self._ctx, name, options)
-        self._register(node, order, opened)
-        return node
-
-    def _open_file(
-        self, options: dict[str, Any], read_only: bool, opened: list[BlockNode]
-    ) -> BlockNode:
-        name, order = self._assign_name(options)
-        self._common_checks(options)
-        filename = options["filename"]
-        if not filename:
-            raise QMPError("The 'file' block driver requires a file name")
-        self.check_path(filename)
-        direct = bool((options.get("cache") or {}).get("direct", False))
+        cls = DRIVERS.get(driver)
+        if cls is None:
+            raise QMPError(f"Parameter 'driver' does not accept value '{driver}'")
+        opening = _Opening(self, options, opened)
         try:
-            fd = FileNode.open_fd(filename, read_only, direct)
-        except OSError as exc:
-            raise QMPError(f"Could not open '{filename}': {os.strerror(exc.errno or 0)}") from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise QMPError(f"'file' driver requires '{filename}' to be a regular file")
-        node = FileNode(self._ctx, name, options, fd)
-        self._register(node, order, opened)
-        return node
-
-    def _open_raw(
-        self, options: dict[str, Any], read_only: bool, opened: list[BlockNode]
-    ) -> BlockNode:
-        child = self._child(options["file"], read_only, opened)
-        try:
-            name, order = self._assign_name(options)
-            self._common_checks(options)
-            _non_negative(options, "offset")
-            _non_negative(options, "size")
-            offset = options.get("offset", 0)
-            real = child.size
-            if offset > real:
-                raise QMPError(
-                    f"Offset ({offset}) cannot be greater than size of the containing file ({real})"
-                )
-            if "size" in options:
-                size = options["size"]
-                if real - offset < size:
-                    raise QMPError(
-                        f"The sum of offset ({offset}) and size ({size}) has to be smaller "
-                        f"or equal to the  actual size of the containing file ({real})"
-                    )
-                if size % 512:
-                    raise QMPError("Specified size is not multiple of 512")
+            node = cls.open(opening)
+            if node.node_name != opening.node_name or node.children != opening.children:
+                node.close()
+                raise RuntimeError(f"{cls.__name__}.open built its node before taking all of it")
         except BaseException:
-            child.refcnt -= 1
+            for child in opening.children.values():
+                child.refcnt -= 1
             raise
-        node = RawNode(self._ctx, name, options, child)
-        self._register(node, order, opened)
+        self._pending.discard(node.node_name)
+        node._order = opening.order
+        self._nodes[node.node_name] = node
+        for child in node.children.values():
+            child.parent_count += 1
+        opened.append(node)
         return node
-
-    def _open_blkdebug(
-        self, options: dict[str, Any], read_only: bool, opened: list[BlockNode]
-    ) -> BlockNode:
-        name, order = self._assign_name(options)
-        self._common_checks(options)
-        for key in BLKDEBUG_SIZE_OPTIONS:
-            _non_negative(options, key)
-            if key != "align" and options.get(key, 0) > _INT_MAX:
-                raise QMPError(f"Parameter '{key}' expects int32_t")
-        config = options.get("config")
-        if config is not None:
-            self._read_blkdebug_config(config)
-        child = self._child(options["image"], read_only, opened)
-        try:
-            align = options.get("align", 0)
-            if align and (align >= _INT_MAX or align & (align - 1)):
-                raise QMPError(f"Cannot meet constraints with align {align}")
-            unit = max(align, 512 if getattr(child, "cache_direct", False) else 1)
-            for key in _BLKDEBUG_LIMITS:
-                value = options.get(key, 0)
-                if value and (value >= _INT_MAX or value % unit):
-                    raise QMPError(f"Cannot meet constraints with {key} {value}")
-        except BaseException:
-            child.refcnt -= 1
-            raise
-        node = BlkdebugNode(self._ctx, name, options, child)
-        self._register(node, order, opened)
-        return node
-
-    @staticmethod
-    def _read_blkdebug_config(path: str) -> None:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError as exc:
-            raise QMPError(
-                f"Could not read blkdebug config file: {os.strerror(exc.errno or 0)}"
-            ) from exc
-        for line in text.splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                raise QMPError("blkdebug config file rules are not supported; use inject-error")
 
     def open_implicit(self, options: dict[str, Any]) -> NodeReference:
         """Open a node the way a command opens its own target (drive-backup,

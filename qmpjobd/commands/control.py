@@ -101,6 +101,7 @@ def settled(control: Control, commands: Iterable[tuple[str, Handler]]) -> list[t
 
 
 def _settled(control: Control, handler: Handler) -> Handler:
+    @functools.wraps(handler)
     def run(session: SessionControl, args: dict[str, Any]) -> Any:
         return _settle_after(control, handler(session, args))
 
@@ -118,6 +119,7 @@ def _attributed(control: Control, name: str, handler: Handler) -> Handler:
     history = control.history
     acts_on_jobs = _acts_on_jobs(name)
 
+    @functools.wraps(handler)
     def run(session: SessionControl, args: dict[str, Any]) -> Any:
         monitor = getattr(session, "number", None)
         outer = history.enter(name, monitor)

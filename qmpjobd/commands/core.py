@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CommandNotFoundError
-from ..protocol import version_info
 from ..schema import SchemaSet
 from . import Handler, SessionControl
 
@@ -16,6 +16,8 @@ from . import Handler, SessionControl
 class CoreContext:
     """What the core commands need from the daemon."""
 
+    #: ``query-version``'s result (the profile's release).
+    version: dict[str, Any]
     schemas: SchemaSet
     #: Cancels every job, then returns; the daemon stops once the reply is sent.
     prepare_quit: Callable[[], Awaitable[None]]
@@ -46,7 +48,7 @@ def core_commands(ctx: CoreContext) -> list[tuple[str, Handler]]:
         raise CommandNotFoundError("Capabilities negotiation is already complete, command ignored")
 
     def query_version(session: SessionControl, args: dict[str, Any]) -> Any:
-        return version_info()
+        return copy.deepcopy(ctx.version)
 
     def query_commands(session: SessionControl, args: dict[str, Any]) -> Any:
         return [{"name": name} for name in ctx.command_names]

@@ -21,9 +21,11 @@ from .listener import JobListener
 from .manager import JobInfo, JobManager
 from .tables import (
     COMPLETED_STATUSES,
+    QEMU_7_2_TABLES,
     TRANSITIONS,
     VERB_TABLE,
     JobStatus,
+    JobTables,
     JobType,
     JobVerb,
     transition_allowed,
@@ -33,6 +35,7 @@ from .txn import Transaction
 
 __all__ = [
     "COMPLETED_STATUSES",
+    "QEMU_7_2_TABLES",
     "TRANSITIONS",
     "VERB_TABLE",
     "ErrorAction",
@@ -48,6 +51,7 @@ __all__ = [
     "JobManager",
     "JobStateError",
     "JobStatus",
+    "JobTables",
     "JobType",
     "JobVerb",
     "Transaction",

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..events import EventBus
-from .tables import COMPLETED_STATUSES, TRANSITIONS, JobStatus, JobType
+from .tables import COMPLETED_STATUSES, JobStatus, JobType
 
 if TYPE_CHECKING:
     from .driver import JobDriver
@@ -34,6 +34,7 @@ class Cancellable(Protocol):
     """A timer: asyncio's, or a virtual clock's."""
 
     def cancel(self) -> None: ...
+
 
 IoStatus = Literal["ok", "failed", "nospace"]
 IoOperation = Literal["read", "write"]
@@ -53,6 +54,9 @@ class JobHost(Protocol):
     @property
     def listeners(self) -> tuple[JobListener, ...]: ...
 
+    #: The state machine's edges (the profile's tables).
+    transitions: Mapping[JobStatus, frozenset[JobStatus]]
+
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None: ...
 
     def _job_activity(self) -> None: ...
@@ -71,7 +75,7 @@ def set_status(job: Job, new: JobStatus) -> None:
     :raise JobStateError: when the table has no such edge (a bug).
     """
     old = job.status
-    if new not in TRANSITIONS[old]:
+    if new not in job._host.transitions[old]:
         raise JobStateError(f"job {job.id!r}: illegal transition {old.value} -> {new.value}")
     job.status = new
     # A StrEnum prints as its value; _value_ is the plain str, without the

@@ -30,7 +30,7 @@ from .driver import JobDriver, JobFailure
 from .gate import JobGate
 from .job import Cancellable, Job, JobStateError, set_status
 from .listener import JobListener
-from .tables import JobStatus, JobVerb, verb_allowed
+from .tables import QEMU_7_2_TABLES, JobStatus, JobTables, JobVerb
 from .txn import Transaction
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,15 @@ class JobManager:
 
     :param bus: where job events are published.
     :param clock: the injected clock (kept for drivers and rate limiting).
+    :param tables: the state machine to run by (the version profile's).
     """
 
-    def __init__(self, bus: EventBus, clock: Clock) -> None:
+    def __init__(self, bus: EventBus, clock: Clock, tables: JobTables = QEMU_7_2_TABLES) -> None:
         self._bus = bus
         self.clock = clock
+        self.tables = tables
+        #: The state machine's edges (JobHost); set_status checks them.
+        self.transitions = tables.transitions
         #: Live jobs by id, oldest first (QEMU lists them newest first).
         self._jobs: dict[str, Job] = {}
         self._tasks: dict[Job, asyncio.Task[None]] = {}
@@ -323,9 +327,8 @@ class JobManager:
 
     # ------------------------------------------------------------ user verbs
 
-    @staticmethod
-    def _apply_verb(job: Job, verb: JobVerb) -> None:
-        if not verb_allowed(verb, job.status):
+    def _apply_verb(self, job: Job, verb: JobVerb) -> None:
+        if job.status not in self.tables.verbs[verb]:
             raise _verb_error(job, verb)
 
     def pause(self, job: Job) -> None:

@@ -12,8 +12,10 @@ Must not import: sockets, JSON, block.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Final
 
 
 class JobStatus(StrEnum):
@@ -117,6 +119,24 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
 VERB_TABLE: Mapping[JobVerb, frozenset[JobStatus]] = MappingProxyType(
     {verb: _row(bits) for verb, bits in _VERBS.items()}
 )
+
+
+@dataclass(frozen=True, slots=True)
+class JobTables:
+    """One QEMU release's state machine: its transitions and its verb table.
+
+    The engine takes the tables it runs by; a version profile chooses them.
+    """
+
+    transitions: Mapping[JobStatus, frozenset[JobStatus]]
+    verbs: Mapping[JobVerb, frozenset[JobStatus]]
+
+    def verb_allowed(self, verb: JobVerb, status: JobStatus) -> bool:
+        return status in self.verbs[verb]
+
+
+#: QEMU 7.2's tables.
+QEMU_7_2_TABLES: Final = JobTables(TRANSITIONS, VERB_TABLE)
 
 
 def transition_allowed(old: JobStatus, new: JobStatus) -> bool:

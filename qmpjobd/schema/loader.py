@@ -80,12 +80,27 @@ def _json_files(folder: Traversable) -> Iterator[tuple[str, Traversable]]:
 class SchemaSet:
     """Every command, event and type schema, loaded and checked once."""
 
-    def __init__(self, root: Traversable | None = None) -> None:
+    def __init__(self, root: Traversable | None = None, *, overlay: str | None = None) -> None:
+        """Load every file under ``root``, then those under ``root/overlay``
+        (a version profile's changes), each replacing the file of its name."""
         root = root if root is not None else default_schema_dir()
         self.root = root
         self.types: dict[str, dict[str, Any]] = {}
         self.commands: dict[str, CommandSchema] = {}
         self.events: dict[str, EventSchema] = {}
+        self._load_folder(root)
+        if overlay is not None:
+            folder = root
+            for part in overlay.split("/"):
+                folder = folder / part
+            if not folder.is_dir():
+                raise SchemaError(f"schema overlay {overlay!r} not found")
+            self._load_folder(folder)
+        self.walker = Walker(self.types)
+        self._registry = stock_registry(self.types)
+        self._stock: dict[str, Any] = {}
+
+    def _load_folder(self, root: Traversable) -> None:
         for name, path in _json_files(root / "types"):
             self.types[name] = self._load(path)
         for name, path in _json_files(root / "commands"):
@@ -102,9 +117,6 @@ class SchemaSet:
             self.events[name] = EventSchema(
                 name=name, data=doc, features=tuple(doc.get("x-features", ()))
             )
-        self.walker = Walker(self.types)
-        self._registry = stock_registry(self.types)
-        self._stock: dict[str, Any] = {}
 
     @staticmethod
     def _load(path: Traversable) -> dict[str, Any]:
@@ -132,7 +144,6 @@ class SchemaSet:
             return
         self.walker.visit(schema.arguments, arguments, (), None)
 
-
     def keyval_arguments(self, command: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """Give the strings of a keyval option (``--blockdev k=v,...``) the types
         *command*'s schema asks for, as QEMU's keyval input visitor does.
@@ -144,6 +155,7 @@ class SchemaSet:
             "Parameter 'size' expects integer").
         """
         return keyval_typed(self.walker, self.commands[command].arguments, arguments)
+
     def stock_validator(self, command: str) -> Any:
         """A stock jsonschema validator for *command*'s arguments (for cross-checks)."""
         validator = self._stock.get(command)

@@ -339,7 +339,9 @@ def _keyval_typed(
     return value
 
 
-def keyval_typed(walker: Walker, schema: Mapping[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+def keyval_typed(
+    walker: Walker, schema: Mapping[str, Any], value: dict[str, Any]
+) -> dict[str, Any]:
     """Give a keyval option's strings the types ``schema`` asks for."""
     typed = _keyval_typed(walker, schema, value, (), None)
     assert isinstance(typed, dict)

@@ -21,7 +21,7 @@ The model (QEMU 7.2's ``blkdebug``):
 * ``immediately`` only decides whether the error is returned at once or
   after one trip through the event loop; it does not arm the rule.
 
-A leaf of the block package: no imports of ours.
+A leaf: no imports of ours. The driver itself is in ``blkdebug.py``.
 """
 
 from __future__ import annotations
