@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from qemu.qmp import ExecuteError
 
@@ -45,6 +47,18 @@ async def test_the_fixture_runs_a_daemon_on_a_private_socket(qmpjobd: Daemon) ->
 @pytest.mark.qmpjobd(clock="sundial")
 def test_unknown_options_are_refused(request: pytest.FixtureRequest) -> None:
     with pytest.raises(ValueError, match="unknown clock 'sundial'"):
+        request.getfixturevalue("qmpjobd")
+
+
+@pytest.mark.qmpjobd(profile="7.2", clock="virtual", epoch=5)
+async def test_marker_options_reach_the_daemon(qmpjobd: Daemon) -> None:
+    assert qmpjobd.app.config.qemu_version == "7.2"
+    assert qmpjobd.app.clock.wall() == (5, 0)
+
+
+@pytest.mark.qmpjobd(profile="0.1")
+def test_unknown_profiles_are_refused(request: pytest.FixtureRequest) -> None:
+    with pytest.raises(ValueError, match=re.escape("unknown profile '0.1' (known: 7.2)")):
         request.getfixturevalue("qmpjobd")
 
 

@@ -15,7 +15,7 @@ In a test::
 
 The daemon runs in a thread of the test process on a private socket
 (``qmpjobd.socket``), so a client under test connects to it like to QEMU.
-Options: ``@pytest.mark.qmpjobd(clock="virtual")``.
+Options: ``@pytest.mark.qmpjobd(clock="virtual", epoch=..., profile="7.2")``.
 """
 
 from __future__ import annotations

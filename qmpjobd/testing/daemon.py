@@ -26,6 +26,7 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from ..app import App, Config
+from ..profile import PROFILES
 from ..protocol import event_timestamp
 
 Event = tuple[str, dict[str, Any]]
@@ -207,6 +208,11 @@ def _config(socket: Path, options: dict[str, Any]) -> tuple[Config, dict[str, An
     extra: dict[str, Any] = {}
     if "epoch" in options:
         extra["clock_epoch"] = float(options.pop("epoch"))
+    if "profile" in options:
+        name = str(options.pop("profile"))
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r} (known: {', '.join(sorted(PROFILES))})")
+        extra["qemu_version"] = name
     if options:
         raise TypeError(f"unknown qmpjobd options: {sorted(options)}")
     return Config(sockets=[socket], clock=clock, **extra), {}
@@ -218,6 +224,7 @@ def start_daemon(**options: Any) -> Iterator[Daemon]:
 
     :param clock: ``"system"`` (the default) or ``"virtual"``.
     :param epoch: where a virtual clock starts (seconds since 1970).
+    :param profile: the QEMU release to emulate (``--qemu-version``).
     """
     folder = Path(tempfile.mkdtemp(prefix="qj-"))
     socket = folder / "qmp.sock"

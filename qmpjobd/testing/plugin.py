@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "qmpjobd(clock='system'|'virtual', epoch=SECONDS): options of the qmpjobd fixture's daemon",
+        "qmpjobd(clock='system'|'virtual', epoch=SECONDS, profile=VERSION):"
+        " options of the qmpjobd fixture's daemon",
     )
 
 
