@@ -156,6 +156,7 @@ class App:
         Jobs get a bounded time to wind down; a job stuck in I/O must not keep
         the daemon from exiting (shutdown stops whatever is left).
         """
+        self.control.holds.release_all()  # no job may wait at a hold now
         try:
             await asyncio.wait_for(self.jobs.cancel_all(), self.config.job_cancel_deadline)
         except TimeoutError:

@@ -248,3 +248,23 @@ async def test_extension_commands_are_unstable_in_the_schema(c: JobClient) -> No
             "x-qmpjobd-query-clock",
         )
     }
+
+
+async def test_quit_releases_every_hold(c: JobClient) -> None:
+    await nodes(c)
+    await c.ok("x-qmpjobd-hold", job="b", status="aborting")
+    await c.ok("x-qmpjobd-hold", job="b", offset=0)
+    await backup(c)
+    await wait_held(c, "b")
+    c.take()
+    await c.ok("quit")
+    # As any job waiting at a pause point: the drain parks it, the cancel
+    # wakes it, and the hold before 'aborting' is gone.
+    assert c.take() == [
+        J("paused", "b"),
+        J("running", "b"),
+        J("aborting", "b"),
+        ("BLOCK_JOB_CANCELLED", {**done("b", MiB), "offset": 0}),
+        J("concluded", "b"),
+        J("null", "b"),
+    ]

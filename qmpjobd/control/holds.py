@@ -162,6 +162,11 @@ class Holds:
             self._holds.remove(hold)
         self._kick(job_id)
 
+    def release_all(self) -> None:
+        """Drop every hold without waking anyone (the daemon stops: the
+        cancel that follows wakes the jobs, and no job may wait at one)."""
+        self._holds.clear()
+
     def _kick(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is not None and job.held_at is not None:
