@@ -18,6 +18,7 @@ from .job import (
 )
 from .listener import JobListener
 from .manager import JobInfo, JobManager
+from .restore import INTERRUPTED_ERROR, JobRecord, record_of, restore
 from .tables import (
     COMPLETED_STATUSES,
     TRANSITIONS,
@@ -32,6 +33,7 @@ from .txn import Transaction
 
 __all__ = [
     "COMPLETED_STATUSES",
+    "INTERRUPTED_ERROR",
     "TRANSITIONS",
     "VERB_TABLE",
     "ErrorAction",
@@ -43,11 +45,14 @@ __all__ = [
     "JobInfo",
     "JobListener",
     "JobManager",
+    "JobRecord",
     "JobStateError",
     "JobStatus",
     "JobType",
     "JobVerb",
     "Transaction",
+    "record_of",
+    "restore",
     "set_status",
     "transition_allowed",
     "verb_allowed",
