@@ -102,9 +102,10 @@ class Client:
         assert "return" in reply, (command, reply)
         return reply["return"]
 
-    def wait_for(self, name: str, **data: Any) -> dict[str, Any]:
-        """Read until an event ``name`` whose data holds ``data``."""
-        for event in self.events:
+    def wait_for(self, name: str, start: int = 0, **data: Any) -> dict[str, Any]:
+        """Read until an event ``name`` whose data holds ``data`` (looking
+        from the ``start``-th event the client kept)."""
+        for event in self.events[start:]:
             if event["event"] == name and data.items() <= event["data"].items():
                 return event
         while True:
