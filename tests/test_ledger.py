@@ -3,11 +3,13 @@ reconnecting client reads from its cursor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -329,4 +331,89 @@ def test_the_extension_command_is_unstable(daemons: list[Daemon], sock_dir: Path
     assert c.execute("x-qmpjobd-query-events", since={"seconds": 1}) == {
         "error": {"class": "GenericError", "desc": "Parameter 'since.microseconds' is missing"}
     }
+    c.close()
+
+
+@pytest.fixture
+def small_disk(sock_dir: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (skipped where mounting is not permitted)."""
+    mnt = sock_dir / "mnt"
+    mnt.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write to ``path`` until the disk is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_refuses_changes_and_loses_nothing(
+    daemons: list[Daemon], sock_dir: Path, small_disk: Path
+) -> None:
+    state = small_disk / "state"
+    daemon = Daemon(sock_dir / "qmp.sock", state, log=sock_dir / "daemon.log")
+    daemons.append(daemon)
+    daemon.start()
+    c = Client(daemon.sock)
+    _add_null(c, "src")
+    _add_null(c, "dst")
+    _backup(c, "kept")
+    c.wait_for("JOB_STATUS_CHANGE", id="kept", status="concluded")
+    kept = c.ok("query-jobs")
+    _fill(small_disk / "filler")
+    refused = None
+    for i in range(500):
+        reply = c.execute(
+            "blockdev-backup",
+            device="src",
+            target="dst",
+            sync="full",
+            **{"job-id": f"j{i}", "auto-dismiss": True},
+        )
+        if "error" in reply:
+            refused = reply
+            break
+        c.wait_for("JOB_STATUS_CHANGE", id=f"j{i}", status="null")
+    assert refused == {
+        "error": {
+            "class": "GenericError",
+            "desc": "State directory cannot be written: database or disk is full",
+        }
+    }
+    # Still serving: queries answer, and changes are refused with the reason.
+    assert c.ok("query-jobs") == kept
+    assert c.execute("blockdev-add", driver="null-co", **{"node-name": "more"}) == refused
+    assert (
+        f"error: state directory: cannot write {state}/ledger.sqlite3: database or disk is full"
+    ) in daemon.log_text()
+    # Space again: the pending changes are written, commands are accepted.
+    (small_disk / "filler").unlink()
+    deadline = time.monotonic() + 10
+    while "error" in c.execute("blockdev-add", driver="null-co", **{"node-name": "more"}):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "warning: state directory: writing again" in daemon.log_text()
+    c.close()
+    daemon.kill()
+    daemon.start()
+    c = Client(daemon.sock)
+    assert c.ok("query-jobs") == kept
+    assert [n["node-name"] for n in c.ok("query-named-block-nodes")] == ["more", "dst", "src"]
     c.close()
