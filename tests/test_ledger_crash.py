@@ -49,7 +49,8 @@ class Model:
     maybe_dismissed: set[str] = field(default_factory=set)
     #: the last status the client saw per job
     status: dict[str, str] = field(default_factory=dict)
-    #: the error the client saw in a job's BLOCK_JOB_COMPLETED (None: none)
+    #: the error the client saw in a job's BLOCK_JOB_COMPLETED (None: none),
+    #: or "cancelled" for BLOCK_JOB_CANCELLED
     error: dict[str, str | None] = field(default_factory=dict)
     #: events seen in the current life of the daemon
     seen: list[dict[str, Any]] = field(default_factory=list)
@@ -69,8 +70,10 @@ class Model:
         data = event["data"]
         if event["event"] == "JOB_STATUS_CHANGE":
             self.status[data["id"]] = data["status"]
-        elif event["event"] in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+        elif event["event"] == "BLOCK_JOB_COMPLETED":
             self.error[data["device"]] = data.get("error")
+        elif event["event"] == "BLOCK_JOB_CANCELLED":
+            self.error[data["device"]] = "cancelled"
 
 
 class ChurnClient(Client):
@@ -198,6 +201,9 @@ def _check_after_restart(daemon: Daemon, model: Model) -> None:
         elif job not in model.maybe_dismissed:
             assert job in listed, job
         if job in listed and model.status.get(job) == "concluded":
+            if model.error.get(job) == "cancelled":
+                assert listed[job]["error"] == "Operation canceled", job
+                continue
             assert listed[job].get("error") == model.error.get(job), job
     for job, info in listed.items():
         ending = model.ending.get(job)
