@@ -95,8 +95,9 @@ class Server:
         self._pending_events: list[bytes] = []
         self._flush_scheduled = False
         self._subscription: Subscription = bus.subscribe(self._fan_out)
-        #: Called before anything is written to a monitor (events or a reply):
-        #: a ledger records what changed first. Must not raise.
+        #: Called by a session right before it writes to its socket (events,
+        #: replies, a batch of both): a ledger records what changed first.
+        #: Must not raise.
         self.before_write: Callable[[], None] | None = None
 
     # -- start ---------------------------------------------------------------
@@ -243,8 +244,6 @@ class Server:
     def flush_events(self) -> None:
         """Write every queued event to every negotiated session, now."""
         self._flush_scheduled = False
-        if self.before_write is not None:
-            self.before_write()
         if not self._pending_events:
             return
         data = b"".join(self._pending_events)

@@ -44,6 +44,7 @@ class SessionHost(Protocol):
     command_table: CommandTable
     max_outbound: int
     dispatcher: Dispatcher
+    before_write: Callable[[], None] | None
 
     def negotiated(self, session: Session) -> None: ...
 
@@ -145,6 +146,9 @@ class Session(asyncio.Protocol):
         transport = self._transport
         if transport is None or self.runstate is Runstate.CLOSED or transport.is_closing():
             return
+        before_write = self.server.before_write
+        if before_write is not None:
+            before_write()  # what the data reports is recorded first
         transport.write(data)
         backlog = transport.get_write_buffer_size()
         if backlog > self.server.max_outbound:

@@ -155,14 +155,16 @@ class ChurnClient(Client):
             self.model.saw(message)
 
 
-def _check_after_restart(daemon: Daemon, model: Model) -> None:
-    state = daemon.state_dir
-    assert state is not None
+def _check_database(state: Path) -> None:
+    """The database a killed daemon left opens and passes SQLite's check."""
     db = sqlite3.connect(state / "ledger.sqlite3")
     try:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
+
+
+def _check_after_restart(daemon: Daemon, model: Model) -> None:
     c = Client(daemon.sock)
     try:
         read = c.ok("x-qmpjobd-query-events", since=model.cursor)
@@ -252,6 +254,8 @@ def _crash_run(sock_dir: Path, kills: int, seed: int) -> Model:
                 client.close()
             daemon.kill()
             model.kills += 1
+            assert daemon.state_dir is not None
+            _check_database(daemon.state_dir)
             daemon.start()
             _check_after_restart(daemon, model)
     except BaseException:

@@ -14,7 +14,7 @@ Must not import: sockets, JSON, block.
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .driver import JobDriver
 from .job import IoStatus, Job, set_status
@@ -26,9 +26,11 @@ from .txn import Transaction
 INTERRUPTED_ERROR = "qmpjobd stopped while the job was running"
 
 
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    """What is kept of a job: its query fields, its options and its nodes."""
+class JobRecord(NamedTuple):
+    """What is kept of a job: its query fields, its options and its nodes.
+
+    A named tuple: built on every status change, it must be cheap.
+    """
 
     id: str
     type: str
@@ -48,19 +50,19 @@ class JobRecord:
 def record_of(job: Job, nodes: tuple[str, ...] = ()) -> JobRecord:
     """The record of a live job."""
     return JobRecord(
-        id=job.id,
-        type=job.type._value_,
-        status=job.status._value_,
-        current_progress=job.current_progress,
-        total_progress=job.total_progress,
-        speed=job.speed,
-        error=job.error,
-        ret=job.ret,
-        auto_finalize=job.auto_finalize,
-        auto_dismiss=job.auto_dismiss,
-        io_status=job.io_status,
-        paused=job.paused,
-        nodes=nodes,
+        job.id,
+        job.type._value_,
+        job.status._value_,
+        job.current_progress,
+        job.total_progress,
+        job.speed,
+        job.error,
+        job.ret,
+        job.auto_finalize,
+        job.auto_dismiss,
+        job.io_status,
+        job.pause_count > 0,
+        nodes,
     )
 
 

@@ -86,7 +86,7 @@ class Journal:
         """The events after ``since``, oldest first."""
         cursor = _us(since)
         if self._ledger is not None:
-            self._ledger.prune_by_age()
+            self._ledger.trim()
             events = list(self._ledger.events_after(since))
             horizon = _us(self._ledger.horizon)
         else:

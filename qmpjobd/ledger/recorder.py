@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..jobs import Job, JobListener, JobStatus, record_of
+from ..jobs import Job, JobListener, JobRecord, JobStatus
 from .store import Ledger
 
 
@@ -23,12 +23,37 @@ class Recorder(JobListener):
     def __init__(self, ledger: Ledger, nodes_of: Callable[[Job], tuple[str, ...]]) -> None:
         self._ledger = ledger
         self._nodes_of = nodes_of
+        #: the nodes of each live job (they do not change during its life)
+        self._nodes: dict[str, tuple[str, ...]] = {}
 
     def job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
+        ledger = self._ledger
+        job_id = job.id
         if new is JobStatus.NULL:
-            self._ledger.delete_job(job.id)
-        else:
-            self._ledger.put_job(record_of(job, self._nodes_of(job)))
+            self._nodes.pop(job_id, None)
+            ledger.delete_job(job_id)
+            return
+        nodes = self._nodes.get(job_id)
+        if nodes is None:
+            nodes = self._nodes[job_id] = self._nodes_of(job)
+        # record_of(), inlined: this runs on every status change.
+        ledger.put_job(
+            JobRecord(
+                job_id,
+                job.type._value_,
+                new._value_,
+                job.current_progress,
+                job.total_progress,
+                job.speed,
+                job.error,
+                job.ret,
+                job.auto_finalize,
+                job.auto_dismiss,
+                job.io_status,
+                job.pause_count > 0,
+                nodes,
+            )
+        )
 
     def node_added(self, node_name: str, options: dict[str, Any]) -> None:
         self._ledger.put_node(node_name, options)

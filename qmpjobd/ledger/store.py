@@ -30,7 +30,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,16 @@ RETRY_SECONDS = 1.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY, seq INTEGER NOT NULL, options TEXT NOT NULL);
+    name TEXT PRIMARY KEY, seq INTEGER NOT NULL, options TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, record TEXT NOT NULL);
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
+    current_progress INTEGER NOT NULL, total_progress INTEGER NOT NULL, speed INTEGER NOT NULL,
+    error TEXT, ret INTEGER NOT NULL, auto_finalize INTEGER NOT NULL,
+    auto_dismiss INTEGER NOT NULL, io_status TEXT NOT NULL, paused INTEGER NOT NULL,
+    nodes TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
-    ts INTEGER PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL);
+    last_ts INTEGER PRIMARY KEY, first_ts INTEGER NOT NULL, count INTEGER NOT NULL,
+    data TEXT NOT NULL);
 """
 
 
@@ -78,10 +83,36 @@ class Snapshot:
     last_timestamp: tuple[int, int]
 
 
-def _job_record(text: str) -> JobRecord:
-    fields = json.loads(text)
-    fields["nodes"] = tuple(fields.get("nodes", ()))
-    return JobRecord(**fields)
+_JOB_COLUMNS = (
+    "id, type, status, current_progress, total_progress, speed, error, ret, "
+    "auto_finalize, auto_dismiss, io_status, paused, nodes"
+)
+_PUT_JOB = (
+    f"INSERT INTO jobs(seq, {_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+    "current_progress = excluded.current_progress, total_progress = excluded.total_progress, "
+    "speed = excluded.speed, error = excluded.error, ret = excluded.ret, "
+    "io_status = excluded.io_status, paused = excluded.paused, nodes = excluded.nodes"
+)
+
+
+def _job_record(row: tuple[Any, ...]) -> JobRecord:
+    (job_id, job_type, status, current, total, speed, error, ret, af, ad, io, paused, nodes) = row
+    return JobRecord(
+        job_id,
+        job_type,
+        status,
+        int(current),
+        int(total),
+        int(speed),
+        error,
+        int(ret),
+        bool(af),
+        bool(ad),
+        io,
+        bool(paused),
+        tuple(nodes.split(",")) if nodes else (),
+    )
 
 
 class Ledger:
@@ -110,11 +141,15 @@ class Ledger:
         # pending changes: id -> record (None: delete), name -> options JSON (None: delete)
         self._jobs: dict[str, JobRecord | None] = {}
         self._nodes: dict[str, str | None] = {}
-        self._events: list[tuple[int, str, str]] = []
+        #: events not yet written, as published (encoded at commit)
+        self._events: list[Event] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = 0
         self._event_count = 0
         self._horizon = 0
-        self._last_age_check = 0
+        #: the age limit is applied at the next commit (set once a second)
+        self._age_due = True
+        self._age_timer: asyncio.TimerHandle | None = None
         self._scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         #: Why the last commit failed (None while commits succeed).
@@ -132,6 +167,8 @@ class Ledger:
         """
         try:
             self._lock()
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
             self._db = self._connect()
             return self._load()
         except ConfigError:
@@ -162,8 +199,12 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path / DB_NAME, isolation_level=None, check_same_thread=False)
         os.chmod(self.path / DB_NAME, 0o600)
+        # One connection, one process: exclusive locking spares the WAL its
+        # shared-memory index and the lock calls of every transaction.
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(_SCHEMA)
         db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('version', ?), ('horizon', 0)",
@@ -179,19 +220,19 @@ class Ledger:
             for name, options in db.execute("SELECT name, options FROM nodes ORDER BY seq")
         ]
         jobs = []
-        for job_id, text in db.execute("SELECT id, record FROM jobs ORDER BY seq"):
+        for row in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq"):
             try:
-                jobs.append(_job_record(text))
+                jobs.append(_job_record(row))
             except (ValueError, TypeError) as exc:
-                log.error("state directory: job %r: unreadable record (%s); dropped", job_id, exc)
-                self._jobs[job_id] = None
+                log.error("state directory: job %r: unreadable record (%s); dropped", row[0], exc)
+                self._jobs[row[0]] = None
         self._seq = max(
             db.execute("SELECT COALESCE(MAX(seq), 0) FROM nodes").fetchone()[0],
             db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0],
         )
-        self._event_count = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         self._horizon = db.execute("SELECT value FROM meta WHERE key='horizon'").fetchone()[0]
-        last = db.execute("SELECT COALESCE(MAX(ts), 0) FROM events").fetchone()[0]
+        self._event_count = _count_after(db, self._horizon)
+        last = db.execute("SELECT COALESCE(MAX(last_ts), 0) FROM events").fetchone()[0]
         return Snapshot(nodes, jobs, _ts(max(last, self._horizon)))
 
     def close(self) -> None:
@@ -199,6 +240,9 @@ class Ledger:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._age_timer is not None:
+            self._age_timer.cancel()
+            self._age_timer = None
         if self._db is not None:
             self.commit()
             with contextlib.suppress(sqlite3.Error):
@@ -212,11 +256,13 @@ class Ledger:
 
     def put_job(self, record: JobRecord) -> None:
         self._jobs[record.id] = record
-        self._schedule()
+        if not self._scheduled:
+            self._schedule()
 
     def delete_job(self, job_id: str) -> None:
         self._jobs[job_id] = None
-        self._schedule()
+        if not self._scheduled:
+            self._schedule()
 
     def put_node(self, name: str, options: Mapping[str, Any]) -> None:
         self._nodes[name] = json.dumps(options)
@@ -227,8 +273,10 @@ class Ledger:
         self._schedule()
 
     def append_event(self, event: Event) -> None:
-        self._events.append((_us(event.timestamp), event.name, json.dumps(dict(event.data))))
-        self._schedule()
+        """The journal's bus sink (on the hot path: encoding waits for the commit)."""
+        self._events.append(event)
+        if not self._scheduled:
+            self._schedule()
 
     @property
     def dirty(self) -> bool:
@@ -237,10 +285,12 @@ class Ledger:
     def _schedule(self) -> None:
         if self._scheduled:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
         self._scheduled = True
         loop.call_soon(self._scheduled_commit)
 
@@ -257,7 +307,7 @@ class Ledger:
             return self.error is None
         jobs, nodes, events = self._jobs, self._nodes, self._events
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN")
             try:
                 self._write(db, jobs, nodes, events)
                 db.execute("COMMIT")
@@ -282,7 +332,7 @@ class Ledger:
         db: sqlite3.Connection,
         jobs: dict[str, JobRecord | None],
         nodes: dict[str, str | None],
-        events: list[tuple[int, str, str]],
+        events: list[Event],
     ) -> None:
         deleted = [(k,) for k, v in nodes.items() if v is None]
         if deleted:
@@ -299,18 +349,21 @@ class Ledger:
         if gone:
             db.executemany("DELETE FROM jobs WHERE id = ?", gone)
         rows = []
-        for job_id, record in jobs.items():
+        seq = self._seq
+        for record in jobs.values():
             if record is not None:
-                self._seq += 1
-                rows.append((job_id, self._seq, json.dumps(asdict(record))))
+                seq += 1
+                rows.append((seq, *record[:-1], ",".join(record.nodes)))
+        self._seq = seq
         if rows:
-            db.executemany(
-                "INSERT INTO jobs(id, seq, record) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET record = excluded.record",
-                rows,
-            )
+            db.executemany(_PUT_JOB, rows)
         if events:
-            db.executemany("INSERT INTO events(ts, name, data) VALUES (?, ?, ?)", events)
+            # One row per commit: its events as one JSON array of [ts, name, data].
+            batch = [[e.timestamp[0] * 1_000_000 + e.timestamp[1], e.name, e.data] for e in events]
+            db.execute(
+                "INSERT INTO events(last_ts, first_ts, count, data) VALUES (?, ?, ?, ?)",
+                (batch[-1][0], batch[0][0], len(batch), json.dumps(batch)),
+            )
 
     def _failed(self, exc: sqlite3.Error) -> None:
         reason = _reason(exc)
@@ -328,30 +381,35 @@ class Ledger:
 
     # -- the journal's retention ---------------------------------------------
 
-    def _prune(self, db: sqlite3.Connection) -> None:
-        """Drop journaled events beyond the count, and (once a second) the age."""
-        cutoff = 0
+    def _prune(self, db: sqlite3.Connection, *, exact: bool = False) -> None:
+        """Drop journaled events beyond the count, and (once a second) the age.
+
+        After a commit, the count is trimmed by tenths (not on every commit);
+        before a read, exactly. The horizon (the newest dropped timestamp) is
+        exact; rows wholly at or below it are deleted, a row it cuts is
+        filtered when read.
+        """
+        horizon = self._horizon
         excess = self._event_count - self.max_events
-        if excess > 0:
-            row = db.execute(
-                "SELECT ts FROM events ORDER BY ts LIMIT 1 OFFSET ?", (excess - 1,)
-            ).fetchone()
-            if row is not None:
-                cutoff = row[0]
-        now = _us(self._now())
-        if now - self._last_age_check >= 1_000_000:
-            self._last_age_check = now
-            row = db.execute(
-                "SELECT MAX(ts) FROM events WHERE ts < ?", (now - int(self.max_age * 1e6),)
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                cutoff = max(cutoff, row[0])
-        if cutoff <= 0:
+        if excess >= (1 if exact else max(1, self.max_events // 10)):
+            for ts in _timestamps_after(db, horizon):
+                excess -= 1
+                if excess == 0:
+                    horizon = ts
+                    break
+        if self._age_due:
+            self._age_due = False
+            self._arm_age_check()
+            cutoff = _us(self._now()) - int(self.max_age * 1e6)
+            if cutoff > horizon:
+                older = list(_timestamps_after(db, horizon, below=cutoff))
+                if older:
+                    horizon = older[-1]
+        if horizon <= self._horizon:
             return
         try:
-            db.execute("BEGIN IMMEDIATE")
-            dropped = db.execute("DELETE FROM events WHERE ts <= ?", (cutoff,)).rowcount
-            horizon = max(self._horizon, cutoff)
+            db.execute("BEGIN")
+            db.execute("DELETE FROM events WHERE last_ts <= ?", (horizon,))
             db.execute("UPDATE meta SET value = ? WHERE key = 'horizon'", (horizon,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -359,14 +417,23 @@ class Ledger:
                 db.execute("ROLLBACK")
             log.warning("state directory: cannot trim the journal: %s", _reason(exc))
             return
-        self._event_count -= dropped
         self._horizon = horizon
+        self._event_count = _count_after(db, horizon)
 
-    def prune_by_age(self) -> None:
-        """Apply the age limit now (before answering a query)."""
-        self._last_age_check = 0
+    def _arm_age_check(self) -> None:
+        if self._age_timer is not None or self._loop is None:
+            return
+        self._age_timer = self._loop.call_later(1.0, self._age_check_due)
+
+    def _age_check_due(self) -> None:
+        self._age_timer = None
+        self._age_due = True
+
+    def trim(self) -> None:
+        """Apply both limits exactly, now (before answering a query)."""
+        self._age_due = True
         if self._db is not None and self.commit():
-            self._prune(self._db)
+            self._prune(self._db, exact=True)
 
     # -- reading the journal -------------------------------------------------
 
@@ -377,16 +444,44 @@ class Ledger:
 
     def events_after(self, since: tuple[int, int]) -> Iterator[Event]:
         """Journaled events after ``since``, oldest first (pending ones included)."""
-        cursor = _us(since)
+        cursor = max(_us(since), self._horizon)
         if self._db is not None:
             rows = self._db.execute(
-                "SELECT ts, name, data FROM events WHERE ts > ? ORDER BY ts", (cursor,)
+                "SELECT data FROM events WHERE last_ts > ? ORDER BY last_ts", (cursor,)
             ).fetchall()
-            for ts, name, data in rows:
-                yield Event(name, json.loads(data), _ts(ts), 0)
-        for ts, name, data in self._events:
-            if ts > cursor:
-                yield Event(name, json.loads(data), _ts(ts), 0)
+            for (data,) in rows:
+                for ts, name, members in json.loads(data):
+                    if ts > cursor:
+                        yield Event(name, members, _ts(ts), 0)
+        for event in self._events:
+            if _us(event.timestamp) > cursor:
+                yield event
+
+
+def _timestamps_after(
+    db: sqlite3.Connection, after: int, below: int | None = None
+) -> Iterator[int]:
+    """Journaled timestamps after ``after`` (and below ``below``), oldest first."""
+    query = "SELECT data FROM events WHERE last_ts > ?"
+    params: tuple[int, ...] = (after,)
+    if below is not None:
+        query += " AND first_ts < ?"
+        params = (after, below)
+    for (data,) in db.execute(query + " ORDER BY last_ts", params).fetchall():
+        for ts, _name, _data in json.loads(data):
+            if ts > after and (below is None or ts < below):
+                yield ts
+
+
+def _count_after(db: sqlite3.Connection, after: int) -> int:
+    """How many journaled events are newer than ``after``."""
+    whole = db.execute(
+        "SELECT COALESCE(SUM(count), 0) FROM events WHERE first_ts > ?", (after,)
+    ).fetchone()[0]
+    cut = db.execute(
+        "SELECT data FROM events WHERE first_ts <= ? AND last_ts > ?", (after, after)
+    ).fetchall()
+    return int(whole) + sum(1 for (data,) in cut for ts, *_ in json.loads(data) if ts > after)
 
 
 def _reason(exc: BaseException) -> str:
