@@ -151,7 +151,7 @@ class App:
             sessions_changed=self._status_changed,
         )
         if self.ledger is not None:
-            self.server.before_write = self._commit
+            self.server.before_write = self.ledger.commit
 
     async def prepare_quit(self) -> None:
         """What ``quit`` does before its reply: every job cancelled, newest first.
@@ -266,10 +266,6 @@ class App:
                 "s" * (len(snapshot.jobs) != 1),
             )
         ledger.commit()
-
-    def _commit(self) -> None:
-        if self.ledger is not None:
-            self.ledger.commit()
 
     def _ledger_failure(self) -> str | None:
         """Why the state directory cannot be written now (after one more try)."""

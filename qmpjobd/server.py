@@ -98,7 +98,7 @@ class Server:
         #: Called by a session right before it writes to its socket (events,
         #: replies, a batch of both): a ledger records what changed first.
         #: Must not raise.
-        self.before_write: Callable[[], None] | None = None
+        self.before_write: Callable[[], object] | None = None
 
     # -- start ---------------------------------------------------------------
 

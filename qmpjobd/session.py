@@ -44,7 +44,7 @@ class SessionHost(Protocol):
     command_table: CommandTable
     max_outbound: int
     dispatcher: Dispatcher
-    before_write: Callable[[], None] | None
+    before_write: Callable[[], object] | None
 
     def negotiated(self, session: Session) -> None: ...
 

@@ -34,9 +34,9 @@ READ_ONLY = frozenset(
 
 
 def journal_commands(journal: Journal) -> list[tuple[str, Handler]]:
-    def query_events(session: SessionControl, args: dict[str, Any]) -> Any:
+    async def query_events(session: SessionControl, args: dict[str, Any]) -> Any:
         since = args["since"]
-        read = journal.read((since["seconds"], since["microseconds"]))
+        read = await journal.read((since["seconds"], since["microseconds"]))
         return {"events": [event_message(e) for e in read.events], "gap": read.gap}
 
     return [(QUERY_EVENTS, query_events)]

@@ -82,13 +82,11 @@ class Journal:
         while memory and _us(memory[0].timestamp) < cutoff:
             self._horizon = _us(memory.popleft().timestamp)
 
-    def read(self, since: tuple[int, int]) -> JournalRead:
+    async def read(self, since: tuple[int, int]) -> JournalRead:
         """The events after ``since``, oldest first."""
         cursor = _us(since)
         if self._ledger is not None:
-            self._ledger.trim()
-            events = list(self._ledger.events_after(since))
-            horizon = _us(self._ledger.horizon)
+            events, horizon = await self._ledger.events_after(since)
         else:
             self._drop_old()
             events = [e for e in self._memory if _us(e.timestamp) > cursor]

@@ -25,34 +25,36 @@ class Recorder(JobListener):
         self._nodes_of = nodes_of
         #: the nodes of each live job (they do not change during its life)
         self._nodes: dict[str, tuple[str, ...]] = {}
+        ledger.record_of = self.record_of
 
     def job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
-        ledger = self._ledger
-        job_id = job.id
         if new is JobStatus.NULL:
-            self._nodes.pop(job_id, None)
-            ledger.delete_job(job_id)
-            return
+            self._nodes.pop(job.id, None)
+            self._ledger.delete_job(job.id)
+        else:
+            # The record is built once per commit, however often it changed.
+            self._ledger.put_job(job)
+
+    def record_of(self, job: Job) -> JobRecord:
+        """``jobs.record_of`` with the job's nodes, looked up once per job."""
+        job_id = job.id
         nodes = self._nodes.get(job_id)
         if nodes is None:
             nodes = self._nodes[job_id] = self._nodes_of(job)
-        # record_of(), inlined: this runs on every status change.
-        ledger.put_job(
-            JobRecord(
-                job_id,
-                job.type._value_,
-                new._value_,
-                job.current_progress,
-                job.total_progress,
-                job.speed,
-                job.error,
-                job.ret,
-                job.auto_finalize,
-                job.auto_dismiss,
-                job.io_status,
-                job.pause_count > 0,
-                nodes,
-            )
+        return JobRecord(
+            job_id,
+            job.type._value_,
+            job.status._value_,
+            job.current_progress,
+            job.total_progress,
+            job.speed,
+            job.error,
+            job.ret,
+            job.auto_finalize,
+            job.auto_dismiss,
+            job.io_status,
+            job.pause_count > 0,
+            nodes,
         )
 
     def node_added(self, node_name: str, options: dict[str, Any]) -> None:
