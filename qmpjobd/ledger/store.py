@@ -160,6 +160,8 @@ class _Database:
         )
         self.event_count = _count_after(db, self.horizon)
         self.age_due = True
+        #: the ids the jobs table holds
+        self.job_ids: set[str] = {row[0] for row in db.execute("SELECT id FROM jobs")}
 
     def _meta(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
@@ -226,7 +228,9 @@ class _Database:
                         "ON CONFLICT(name) DO UPDATE SET options = excluded.options",
                         (name, seq, options),
                     )
-            gone = [(k,) for k, v in jobs.items() if v is None]
+            # A job that came and went between two applies costs nothing.
+            present = self.job_ids
+            gone = [(k,) for k, v in jobs.items() if v is None and k in present]
             if gone:
                 db.executemany("DELETE FROM jobs WHERE id = ?", gone)
             rows = []
@@ -251,6 +255,11 @@ class _Database:
         self.seq = seq
         self.applied = applied
         self.event_count += count
+        for job_id, row in jobs.items():
+            if row is None:
+                present.discard(job_id)
+            else:
+                present.add(job_id)
 
     def prune(self, now: int, *, exact: bool = False) -> None:
         """Drop journaled events beyond the count and the age.
