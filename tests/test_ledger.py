@@ -3,6 +3,7 @@ reconnecting client reads from its cursor."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 
 from qmpjobd.clock import ManualClock
-from qmpjobd.events import EventBus
+from qmpjobd.events import Event, EventBus
 from qmpjobd.jobs import INTERRUPTED_ERROR
+from qmpjobd.ledger import Ledger, Snapshot
 
 from .support.ledger import Client, Daemon, brief, cursor
 
@@ -422,3 +424,62 @@ def test_a_full_disk_refuses_changes_and_loses_nothing(
     assert c.ok("query-jobs") == kept
     assert [n["node-name"] for n in c.ok("query-named-block-nodes")] == ["more", "dst", "src"]
     c.close()
+
+
+def _ledger(state: Path, **limits: Any) -> Ledger:
+    clock = ManualClock(1_800_000_000.0)
+    return Ledger(
+        state,
+        max_events=limits.get("max_events", 100),
+        max_age=limits.get("max_age", 3600.0),
+        now=clock.wall,
+    )
+
+
+def _event(us: int, status: str) -> Event:
+    return Event("JOB_STATUS_CHANGE", {"status": status, "id": "j"}, divmod(us, 1_000_000), 0)
+
+
+def test_the_change_log_is_replayed_and_a_torn_record_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What was logged but not applied to the database comes back after a
+    crash; a record cut short by one is dropped, and what follows it too."""
+    state = tmp_path / "state"
+    first = _ledger(state)
+    assert first.open() == Snapshot([], [], (0, 0))
+    first.put_node("n0", {"driver": "null-co", "node-name": "n0"})
+    first.append_event(_event(1_800_000_000_000_001, "created"))
+    assert first.commit()
+    first.append_event(_event(1_800_000_000_000_002, "running"))
+    assert first.commit()
+    # The writer thread never ran (no event loop): the log holds both commits.
+    log = (state / "changes.log").read_bytes()
+    assert log.count(b"JOB_STATUS_CHANGE") == 2
+    with open(state / "changes.log", "ab") as f:
+        f.write(b"\x40\x00\x00\x00torn")
+    second = _ledger(state)
+    snapshot = second.open()
+    assert snapshot == Snapshot(
+        [("n0", {"driver": "null-co", "node-name": "n0"})], [], (1_800_000_000, 2)
+    )
+    assert "changes.log: a torn record at byte" in caplog.text
+    assert (state / "changes.log").read_bytes() == b""
+
+    async def read() -> tuple[list[Event], int]:
+        return await second.events_after((0, 0))
+
+    events, horizon = asyncio.run(read())
+    assert [(e.data["status"], e.timestamp) for e in events] == [
+        ("created", (1_800_000_000, 1)),
+        ("running", (1_800_000_000, 2)),
+    ]
+    assert horizon == 0
+    second.close()
+    # The first one "crashed": let go of what it holds without writing.
+    assert first._writer is not None and first._db is not None
+    first._writer.shutdown()
+    first._db.close()
+    for fd in (first._log_fd, first._lock_fd):
+        assert fd is not None
+        os.close(fd)
