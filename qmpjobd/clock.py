@@ -104,6 +104,11 @@ class VirtualClock:
         """Virtual nanoseconds since the clock started."""
         return self._now_ns
 
+    def peek(self) -> tuple[int, int]:
+        """The next timestamp :meth:`wall` would hand out, without taking it."""
+        us = max(self._epoch_us + self._now_ns // 1000, self._last_us + 1)
+        return us // 1_000_000, us % 1_000_000
+
     def wall(self) -> tuple[int, int]:
         us = max(self._epoch_us + self._now_ns // 1000, self._last_us + 1)
         self._last_us = us

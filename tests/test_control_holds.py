@@ -246,6 +246,7 @@ async def test_extension_commands_are_unstable_in_the_schema(c: JobClient) -> No
             "x-qmpjobd-guest-write",
             "x-qmpjobd-advance-clock",
             "x-qmpjobd-query-clock",
+            "x-qmpjobd-query-events",
         )
     }
 

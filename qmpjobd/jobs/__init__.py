@@ -19,6 +19,7 @@ from .job import (
 )
 from .listener import JobListener
 from .manager import JobInfo, JobManager
+from .restore import INTERRUPTED_ERROR, JobRecord, record_of, restore
 from .tables import (
     COMPLETED_STATUSES,
     QEMU_7_2_TABLES,
@@ -35,6 +36,7 @@ from .txn import Transaction
 
 __all__ = [
     "COMPLETED_STATUSES",
+    "INTERRUPTED_ERROR",
     "QEMU_7_2_TABLES",
     "TRANSITIONS",
     "VERB_TABLE",
@@ -49,12 +51,15 @@ __all__ = [
     "JobInfo",
     "JobListener",
     "JobManager",
+    "JobRecord",
     "JobStateError",
     "JobStatus",
     "JobTables",
     "JobType",
     "JobVerb",
     "Transaction",
+    "record_of",
+    "restore",
     "set_status",
     "transition_allowed",
     "verb_allowed",

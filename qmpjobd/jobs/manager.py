@@ -145,10 +145,13 @@ class JobManager:
         self._listeners: tuple[JobListener, ...] = ()
         #: An extension that holds jobs at their yield points (None: never).
         self.gate: JobGate | None = None
+        self._status_listeners: tuple[JobListener, ...] = ()
 
     def add_listener(self, listener: JobListener) -> None:
         """Have ``listener`` told about every job's life from now on."""
         self._listeners = (*self._listeners, listener)
+        if type(listener).job_status_changed is not JobListener.job_status_changed:
+            self._status_listeners = (*self._status_listeners, listener)
 
     # ------------------------------------------------------- JobHost protocol
 
@@ -163,7 +166,15 @@ class JobManager:
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
         if new is JobStatus.NULL and self._jobs.get(job.id) is job:
             del self._jobs[job.id]
+        for listener in self._status_listeners:
+            listener.job_status_changed(job, old, new)
         self._job_activity()
+
+    def _adopt(self, job: Job) -> None:
+        """Register a job rebuilt from a record (see :mod:`.restore`)."""
+        if job.id in self._jobs:
+            raise JobStateError(f"job {job.id!r} exists already")
+        self._jobs[job.id] = job
 
     def _job_activity(self) -> None:
         change, self._change = self._change, None
