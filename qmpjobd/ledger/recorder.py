@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..jobs import Job, JobListener, JobRecord, JobStatus
+from ..jobs import Job, JobListener, JobRecord, JobStatus, record_of
 from .store import Ledger
 
 
@@ -41,21 +41,7 @@ class Recorder(JobListener):
         nodes = self._nodes.get(job_id)
         if nodes is None:
             nodes = self._nodes[job_id] = self._nodes_of(job)
-        return JobRecord(
-            job_id,
-            job.type._value_,
-            job.status._value_,
-            job.current_progress,
-            job.total_progress,
-            job.speed,
-            job.error,
-            job.ret,
-            job.auto_finalize,
-            job.auto_dismiss,
-            job.io_status,
-            job.pause_count > 0,
-            nodes,
-        )
+        return record_of(job, nodes)
 
     def node_added(self, node_name: str, options: dict[str, Any]) -> None:
         self._ledger.put_node(node_name, options)
