@@ -429,6 +429,33 @@ def bench_fanout(ctx: Ctx) -> None:
 # 5 -------------------------------------------------------------------------
 
 
+class _Probe:
+    """query-jobs round trips on a connection of its own, from a thread, while
+    another load runs: the latency a monitor sees meanwhile."""
+
+    def __init__(self, sock: str, pause: float = 0.002) -> None:
+        self.samples: list[float] = []
+        self._conn = SyncQMP(sock)
+        self._pause = pause
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        data = command_bytes("query-jobs")
+        while not self._stop.is_set():
+            self.samples.extend(_rt(self._conn, data, 1))
+            time.sleep(self._pause)
+
+    def __enter__(self) -> _Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
 async def _churn(run: Running, n: int, flight: int, prefix: str) -> float:
     watcher = J.JobWatcher()
     ctrl = await AsyncQMP.open(run.sock(), on_event=watcher)
@@ -454,6 +481,7 @@ def bench_churn(ctx: Ctx) -> None:
     rows = [
         ("sequential", "jobs/s", Goal(">=", 3)),
         ("50 in flight", "jobs/s", Goal(">=", 5)),
+        ("query-jobs p99 during churn (50 in flight)", "µs", None),
         ("server RSS after churn", "KiB", None),
     ]
     for n, u, g in rows:
@@ -470,9 +498,13 @@ def bench_churn(ctx: Ctx) -> None:
                 R.metric(S, "sequential", "jobs/s").add(
                     spec.name, asyncio.run(_churn(run, ctx.p.churn_jobs, 1, f"c{r}q"))
                 )
-                R.metric(S, "50 in flight", "jobs/s").add(
-                    spec.name, asyncio.run(_churn(run, ctx.p.churn_jobs, 50, f"c{r}p"))
-                )
+                with _Probe(run.sock()) as probe:
+                    rate = asyncio.run(_churn(run, ctx.p.churn_jobs, 50, f"c{r}p"))
+                R.metric(S, "50 in flight", "jobs/s").add(spec.name, rate)
+                if probe.samples:
+                    R.metric(S, "query-jobs p99 during churn (50 in flight)", "µs").add(
+                        spec.name, percentile(probe.samples, 99)
+                    )
                 rss = run.rss_kib()
                 if rss is not None:
                     R.metric(S, "server RSS after churn", "KiB").add(spec.name, rss)

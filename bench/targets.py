@@ -3,6 +3,7 @@
 A target spec on the command line is one of
 
 * ``qmpjobd`` — ``python -m qmpjobd --socket {sock}``; many monitors share one socket;
+* ``qmpjobd-state`` — the same with ``--state-dir`` (a fresh folder): the ledger's cost;
 * ``qemu`` — ``qemu-storage-daemon`` with one chardev+monitor per socket
   (QEMU takes one client per chardev, so K monitors need K sockets);
 * ``NAME=sock:PATH`` — a server already listening on PATH (not started or
@@ -34,7 +35,7 @@ from .client import SyncQMP
 @dataclass
 class TargetSpec:
     name: str
-    #: "qmpjobd" | "qemu" | "cmd" | "sock"
+    #: "qmpjobd" | "qmpjobd-state" | "qemu" | "cmd" | "sock"
     kind: str
     value: str = ""
 
@@ -57,14 +58,15 @@ def parse_targets(text: str) -> list[TargetSpec]:
         item = item.strip()
         if not item:
             continue
-        if item in ("qmpjobd", "qemu"):
+        if item in ("qmpjobd", "qmpjobd-state", "qemu"):
             out.append(TargetSpec(item, item))
             continue
         name, _, rest = item.partition("=")
         kind, _, value = rest.partition(":")
         if not name or kind not in ("sock", "cmd") or not value:
             raise ValueError(
-                f"bad target {item!r}: use qmpjobd, qemu, NAME=sock:PATH or NAME=cmd:COMMAND"
+                f"bad target {item!r}: use qmpjobd, qmpjobd-state, qemu, NAME=sock:PATH"
+                " or NAME=cmd:COMMAND"
             )
         out.append(TargetSpec(name, kind, value))
     if not out:
@@ -147,6 +149,9 @@ def rss_kib(pid: int | None) -> int | None:
 def _command(spec: TargetSpec, sockets: list[str]) -> list[str]:
     if spec.kind == "qmpjobd":
         return [sys.executable, "-m", "qmpjobd", "--socket", sockets[0]]
+    if spec.kind == "qmpjobd-state":
+        # The server runs in its temporary folder: the state directory is new.
+        return [sys.executable, "-m", "qmpjobd", "--socket", sockets[0], "--state-dir", "state"]
     if spec.kind == "qemu":
         argv = ["qemu-storage-daemon"]
         for i, path in enumerate(sockets):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -14,16 +15,21 @@ from typing import Any
 
 from . import __version__, protocol
 from .block import BlockGraph
-from .blockjobs import BlockJobEvents, BlockJobService
-from .clock import Clock, SystemClock
+from .blockjobs import BlockJobDriver, BlockJobEvents, BlockJobService
+from .clock import DEFAULT_EPOCH, Clock, SystemClock, VirtualClock
 from .commands import CommandTable, Handler
 from .commands.block import block_commands
 from .commands.blockjobs import blockjob_commands
+from .commands.control import attributed, control_commands, settled
 from .commands.core import CoreContext, core_commands, negotiation_commands
 from .commands.jobs import job_commands
+from .commands.journal import guarded, journal_commands
+from .control import Control
 from .errors import ConfigError, QMPError
 from .events import Event, EventBus
-from .jobs import JobManager
+from .jobs import Job, JobManager
+from .jobs import restore as restore_job
+from .ledger import DEFAULT_MAX_AGE, DEFAULT_MAX_EVENTS, Journal, Ledger, Recorder, Snapshot
 from .pidfile import PidFile
 from .profile import DEFAULT_PROFILE, Profile, profile
 from .schema import SchemaSet
@@ -62,6 +68,15 @@ class Config:
     blockdevs: Sequence[StartupBlockdev] = field(default_factory=list)
     #: The QEMU release to emulate (a name in :data:`qmpjobd.profile.PROFILES`).
     qemu_version: str = DEFAULT_PROFILE
+    #: "system", or "virtual": time moves only when x-qmpjobd-advance-clock says so.
+    clock: str = "system"
+    #: Where a virtual clock starts (seconds since the Unix epoch).
+    clock_epoch: float = DEFAULT_EPOCH
+    #: Where the ledger and the event journal live; None: nothing is written.
+    state_dir: Path | None = None
+    #: Event journal retention: a count and an age in seconds.
+    journal_max_events: int = DEFAULT_MAX_EVENTS
+    journal_max_age: float = DEFAULT_MAX_AGE
 
 
 class _StartupControl:
@@ -79,7 +94,9 @@ class App:
 
     def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        if clock is None:
+            clock = VirtualClock(config.clock_epoch) if config.clock == "virtual" else SystemClock()
+        self.clock: Clock = clock
         self.profile: Profile = profile(config.qemu_version)
         self.schemas = SchemaSet(overlay=self.profile.schema_overlay)
         self.bus = EventBus(self.clock)
@@ -87,6 +104,25 @@ class App:
         self.jobs.add_listener(BlockJobEvents(self.bus))
         self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
         self.blockjobs = BlockJobService(self.jobs, self.graph)
+        # -- the ledger and the event journal (see qmpjobd.ledger) --
+        self.ledger: Ledger | None = None
+        if config.state_dir is not None:
+            self.ledger = Ledger(
+                config.state_dir,
+                max_events=config.journal_max_events,
+                max_age=config.journal_max_age,
+                now=self.clock.wall,
+            )
+        self.journal = Journal(
+            self.clock.wall,
+            ledger=self.ledger,
+            max_events=config.journal_max_events,
+            max_age=config.journal_max_age,
+            # A virtual clock's timestamps are handed out once each: look, don't take.
+            start=self.clock.peek() if isinstance(self.clock, VirtualClock) else self.clock.wall(),
+        )
+        if self.ledger is None:
+            self.bus.subscribe(self.journal.append)
         self._stop = asyncio.Event()
         self._stop_reason = "quit"
         self._pidfile = PidFile(config.pidfile) if config.pidfile is not None else None
@@ -101,14 +137,30 @@ class App:
             prepare_quit=self.prepare_quit,
             request_stop=self.request_stop,
         )
+        # Extensions (x-qmpjobd-*): holds, faults, job history.
+        self.control = Control(self.jobs, self.graph, self.bus, self.clock)
         commands: list[tuple[str, Handler]] = [
             *blockjob_commands(self.blockjobs),
             *block_commands(self.graph),
             *job_commands(self.jobs),
             *core_commands(self.core),
+            *control_commands(self.control),
+            *journal_commands(self.journal),
         ]
         if self.profile.commands is not None:
-            commands = [(name, h) for name, h in commands if name in self.profile.commands]
+            # The extensions (x-qmpjobd-*) are there whatever the release.
+            commands = [
+                (name, h)
+                for name, h in commands
+                if name in self.profile.commands or name.startswith("x-qmpjobd-")
+            ]
+        commands = attributed(self.control, commands)
+        virtual = self.control.clock.virtual
+        if virtual is not None:
+            commands = settled(self.control, commands)
+            self.graph._ctx.sleep = virtual.sleep  # latency-ns on the virtual clock
+        if self.ledger is not None:
+            commands = guarded(commands, self._ledger_failure)
         self.negotiation_table = CommandTable(
             self.schemas, negotiation_commands(self.core), negotiation=True
         )
@@ -127,6 +179,8 @@ class App:
             sessions_changed=self._status_changed,
             greeting=protocol.greeting(self.profile.qemu_version),
         )
+        if self.ledger is not None:
+            self.server.before_write = self.ledger.commit
 
     async def prepare_quit(self) -> None:
         """What ``quit`` does before its reply: every job cancelled, newest first.
@@ -134,6 +188,7 @@ class App:
         Jobs get a bounded time to wind down; a job stuck in I/O must not keep
         the daemon from exiting (shutdown stops whatever is left).
         """
+        self.control.holds.release_all()  # no job may wait at a hold now
         try:
             await asyncio.wait_for(self.jobs.cancel_all(), self.config.job_cancel_deadline)
         except TimeoutError:
@@ -155,6 +210,7 @@ class App:
             if self._pidfile is not None:
                 # First: a second daemon with the same pid file stops here.
                 self._pidfile.lock()
+            snapshot = self.ledger.open() if self.ledger is not None else None
             for folder in self.config.allow_paths:
                 if not folder.is_dir():
                     reason = "Not a directory" if folder.exists() else "No such file or directory"
@@ -162,11 +218,15 @@ class App:
             await self.server.start()
             for blockdev in self.config.blockdevs:
                 self._add_startup_node(blockdev)
+            if snapshot is not None:
+                self._restore(snapshot)
             if self._pidfile is not None:
                 self._pidfile.write()
         except BaseException:
             await self.server.close(0.0)
             self.graph.close()
+            if self.ledger is not None:
+                self.ledger.close()
             if self._pidfile is not None:
                 self._pidfile.release()
             raise
@@ -185,6 +245,66 @@ class App:
         self._last_status = self.status(nodes=False)
         self._notify(f"READY=1\nSTATUS={self._last_status}")
 
+    # -- the ledger ----------------------------------------------------------
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        """Rebuild the recorded nodes and jobs, then record from now on.
+
+        A command-line node wins over a recorded one with its name; a node
+        that cannot be reopened is logged and forgotten. Jobs that had not
+        concluded come back concluded with an error (published, journaled).
+        """
+        ledger = self.ledger
+        assert ledger is not None
+        self.bus.resume_after(snapshot.last_timestamp)
+        # The ledger itself is the journal's sink (one call less per event).
+        self.bus.subscribe(ledger.append_event)
+        recorder = Recorder(ledger, _nodes_of)
+        for name, options in snapshot.nodes:
+            if name in self.graph:
+                log.warning(
+                    "state directory: node %r is given on the command line; "
+                    "the recorded one is dropped",
+                    name,
+                )
+                ledger.delete_node(name)
+                continue
+            try:
+                self.graph.add(options)
+            except QMPError as exc:
+                log.error(
+                    "state directory: node %r cannot be reopened (%s); it is dropped",
+                    name,
+                    exc.desc,
+                )
+                ledger.delete_node(name)
+        self.graph.observers.append(recorder)
+        self.jobs.add_listener(recorder)
+        for record in snapshot.jobs:
+            try:
+                restore_job(self.jobs, record)
+            except ValueError as exc:
+                log.error("state directory: job %r cannot be restored (%s)", record.id, exc)
+                ledger.delete_job(record.id)
+        if snapshot.nodes or snapshot.jobs:
+            log.info(
+                "state directory %s: %d node%s, %d job%s restored",
+                ledger.path,
+                len(self.graph.nodes()),
+                "s" * (len(self.graph.nodes()) != 1),
+                len(snapshot.jobs),
+                "s" * (len(snapshot.jobs) != 1),
+            )
+        ledger.commit()
+
+    def _ledger_failure(self) -> str | None:
+        """Why the state directory cannot be written now (after one more try)."""
+        ledger = self.ledger
+        if ledger is None or ledger.error is None:
+            return None
+        ledger.commit()
+        return ledger.error
+
     def _add_startup_node(self, blockdev: StartupBlockdev) -> None:
         """Run the ``blockdev-add`` command itself: its schema checks, its handler.
 
@@ -196,7 +316,9 @@ class App:
                 options = self.schemas.keyval_arguments("blockdev-add", options)
             request = protocol.Request("blockdev-add", options, protocol.NO_ID, False)
             command = self.command_table.lookup(request)
-            command.handler(_StartupControl(), request.arguments)
+            result = command.handler(_StartupControl(), request.arguments)
+            if inspect.iscoroutine(result):  # settling (virtual clock): nothing runs yet
+                result.close()
         except QMPError as exc:
             raise ConfigError(f"--blockdev {blockdev.text}: {exc.desc}") from None
 
@@ -206,10 +328,15 @@ class App:
         # No command may start (or go on) while the jobs wind down.
         if not await self.server.dispatcher.close(self.config.job_cancel_deadline):
             log.warning("a command was still running at shutdown")
-        await self.prepare_quit()
+        if self.ledger is None:
+            await self.prepare_quit()
+        # With a ledger, jobs are not cancelled: their records stay, and they
+        # come back concluded, with the error that says the daemon stopped.
         await self.server.close(self.config.shutdown_deadline)
         await self.jobs.aclose()
         self.graph.close()
+        if self.ledger is not None:
+            self.ledger.close()
         if self._pidfile is not None:
             self._pidfile.release()
         if self._notifier is not None:
@@ -256,6 +383,14 @@ class App:
 
     # -- run -----------------------------------------------------------------
 
+    async def serve_until_stopped(self) -> None:
+        """After :meth:`start`: serve until ``quit`` or :meth:`request_stop`,
+        then shut down (no signal handlers: a daemon in a test's thread)."""
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
     async def run(self) -> None:
         """Serve until SIGTERM, SIGINT, SIGHUP or ``quit``; SIGUSR1 logs the status."""
         loop = asyncio.get_running_loop()
@@ -276,3 +411,11 @@ class App:
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+
+
+def _nodes_of(job: Job) -> tuple[str, ...]:
+    """The names of the nodes a block job uses, for its record."""
+    driver = job.driver
+    if isinstance(driver, BlockJobDriver):
+        return tuple(node.node_name for node in driver.nodes)
+    return ()

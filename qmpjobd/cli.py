@@ -19,8 +19,10 @@ from typing import NoReturn
 
 from . import __version__, systemd, wire
 from .app import App, Config, StartupBlockdev
+from .clock import DEFAULT_EPOCH
 from .errors import ConfigError
 from .keyval import parse_keyval, parse_opts
+from .ledger import DEFAULT_MAX_AGE, DEFAULT_MAX_EVENTS
 from .profile import DEFAULT_PROFILE, PROFILES
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -50,6 +52,26 @@ def _mode(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
     if not 0 <= value <= 0o777:
         raise argparse.ArgumentTypeError(f"mode out of range: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
 
 
@@ -118,6 +140,43 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run in the background; the command returns once the daemon listens,"
         " or fails with its start-up error",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("system", "virtual"),
+        default="system",
+        help="system (default), or virtual: time moves only when the"
+        " x-qmpjobd-advance-clock command says so, and the daemon settles after every"
+        " command, so a test script gives the same transcript on every run",
+    )
+    parser.add_argument(
+        "--clock-epoch",
+        type=float,
+        default=DEFAULT_EPOCH,
+        metavar="SECONDS",
+        help=f"where the virtual clock starts, in seconds since 1970 (default {DEFAULT_EPOCH})",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep the block nodes, the jobs and the event journal in DIR (created"
+        " 0700, locked: one daemon per directory); after a restart, nodes are reopened"
+        " and jobs not yet dismissed are listed, concluded. Without it nothing is written",
+    )
+    parser.add_argument(
+        "--journal-max-events",
+        type=_positive_int,
+        default=DEFAULT_MAX_EVENTS,
+        metavar="N",
+        help=f"keep at most N events in the event journal (default {DEFAULT_MAX_EVENTS})",
+    )
+    parser.add_argument(
+        "--journal-max-age",
+        type=_positive_float,
+        default=DEFAULT_MAX_AGE,
+        metavar="SECONDS",
+        help=f"keep events at most SECONDS old in the event journal (default {DEFAULT_MAX_AGE:g})",
     )
     parser.add_argument("-V", "--version", action="version", version=f"qmpjobd {__version__}")
     qsd = parser.add_argument_group(
@@ -328,6 +387,11 @@ def make_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
         passed_sockets=passed,
         notify_socket=notify if notify and notify.startswith(("/", "@")) else None,
         qemu_version=args.qemu_version,
+        clock=args.clock,
+        clock_epoch=args.clock_epoch,
+        state_dir=Path(os.path.abspath(args.state_dir)) if args.state_dir is not None else None,
+        journal_max_events=args.journal_max_events,
+        journal_max_age=args.journal_max_age,
     )
 
 

@@ -7,8 +7,11 @@ decides for itself what overflow means (a session disconnects its client).
 A sink that raises is dropped and logged, so one broken subscriber can never
 stop the publisher.
 
-Every event gets a sequence number, increasing by one per event, from the
-bus: the hook for a later event journal.
+Every event gets a sequence number, increasing by one per event, and a
+timestamp that strictly increases: two events in the same microsecond get
+distinct ones (the later one a microsecond on), and :meth:`EventBus.resume_after`
+makes a restarted daemon continue after the last timestamp it journaled, so
+a timestamp is a cursor into the event journal.
 
 Must not import: sockets, JSON, jobs, block.
 """
@@ -63,11 +66,22 @@ class EventBus:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._subs: list[Subscription] = []
         self._seq = 0
+        #: the newest timestamp handed out, in microseconds
+        self._last_us = 0
 
     @property
     def last_seq(self) -> int:
         """The sequence number of the newest event (0 before the first)."""
         return self._seq
+
+    @property
+    def last_timestamp(self) -> tuple[int, int]:
+        """The newest event's timestamp, or the floor set by :meth:`resume_after`."""
+        return divmod(self._last_us, 1_000_000)
+
+    def resume_after(self, timestamp: tuple[int, int]) -> None:
+        """Stamp every later event after ``timestamp`` (a journal's newest)."""
+        self._last_us = max(self._last_us, timestamp[0] * 1_000_000 + timestamp[1])
 
     def subscribe(self, sink: Sink) -> Subscription:
         sub = Subscription(self, sink)
@@ -81,7 +95,12 @@ class EventBus:
     def publish(self, name: str, data: Mapping[str, Any]) -> Event:
         """Stamp and number an event, then hand it to every sink, in order."""
         self._seq += 1
-        event = Event(name, data, self._clock.wall(), self._seq)
+        seconds, micro = self._clock.wall()
+        now = seconds * 1_000_000 + micro
+        if now <= self._last_us:
+            now = self._last_us + 1
+        self._last_us = now
+        event = Event(name, data, divmod(now, 1_000_000), self._seq)
         for sub in tuple(self._subs):
             if not sub.active:
                 continue

@@ -163,6 +163,14 @@ def event_message(event: Event) -> dict[str, Any]:
     }
 
 
+def event_timestamp(message: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(seconds, microseconds)`` of a received event message, if it has them."""
+    stamp = message.get("timestamp")
+    if not isinstance(stamp, Mapping):
+        return None
+    return int(stamp.get("seconds", 0)), int(stamp.get("microseconds", 0))
+
+
 def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
     return data if isinstance(data, dict) else dict(data)
 

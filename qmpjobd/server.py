@@ -98,6 +98,10 @@ class Server:
         self._pending_events: list[bytes] = []
         self._flush_scheduled = False
         self._subscription: Subscription = bus.subscribe(self._fan_out)
+        #: Called by a session right before it writes to its socket (events,
+        #: replies, a batch of both): a ledger records what changed first.
+        #: Must not raise.
+        self.before_write: Callable[[], object] | None = None
 
     # -- start ---------------------------------------------------------------
 

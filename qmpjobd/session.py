@@ -46,6 +46,7 @@ class SessionHost(Protocol):
     dispatcher: Dispatcher
     #: The encoded greeting (the profile's release).
     greeting: bytes
+    before_write: Callable[[], object] | None
 
     def negotiated(self, session: Session) -> None: ...
 
@@ -147,6 +148,9 @@ class Session(asyncio.Protocol):
         transport = self._transport
         if transport is None or self.runstate is Runstate.CLOSED or transport.is_closing():
             return
+        before_write = self.server.before_write
+        if before_write is not None:
+            before_write()  # what the data reports is recorded first
         transport.write(data)
         backlog = transport.get_write_buffer_size()
         if backlog > self.server.max_outbound:

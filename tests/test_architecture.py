@@ -67,9 +67,29 @@ FORBIDDEN: dict[str, set[str]] = {
     },
     "blockjobs": {"wire", "protocol", "schema", "session", "server", "commands", "app", "cli"},
     "commands": {"session", "server", "app", "cli"},
-    "session": {"jobs", "block", "blockjobs", "server", "app", "cli"},
-    "server": {"jobs", "block", "blockjobs", "app", "cli"},
+    # The x-qmpjobd-* extensions' domain: above jobs, blockjobs and block.
+    "control": {"wire", "protocol", "schema", "session", "server", "commands", "app", "cli"},
+    "session": {"jobs", "block", "blockjobs", "server", "app", "cli", "ledger"},
+    "server": {"jobs", "block", "blockjobs", "app", "cli", "ledger"},
+    # The ledger knows SQLite and plain records: the engine's records and
+    # events, nothing of block nodes, QMP or the wire.
+    "ledger": {
+        "wire",
+        "protocol",
+        "schema",
+        "session",
+        "server",
+        "commands",
+        "dispatch",
+        "block",
+        "blockjobs",
+        "app",
+        "cli",
+    },
 }
+# Only the composition root and the command layer reach the ledger.
+for _layer_name in ("events", "wire", "protocol", "schema", "jobs", "block", "blockjobs"):
+    FORBIDDEN[_layer_name] = FORBIDDEN[_layer_name] | {"ledger"}
 # Modules of ours a layer may import although their package is forbidden to it.
 EXCEPTIONS: dict[str, set[str]] = {
     # QEMU's dictionary orders, for the json: filenames and query-named-block-nodes.
@@ -95,6 +115,7 @@ for _leaf in ("pidfile", "systemd", "keyval"):
         "pidfile",
         "systemd",
         "keyval",
+        "ledger",
     } - {_leaf}
 # Standard-library modules that mean sockets or JSON, kept out of the domain.
 FORBIDDEN_STDLIB: dict[str, set[str]] = {
@@ -102,7 +123,10 @@ FORBIDDEN_STDLIB: dict[str, set[str]] = {
     # block may use json: QEMU names some nodes by "json:{...}" pseudo-filenames.
     "block": {"socket"},
     "blockjobs": {"socket", "json"},
+    "control": {"socket", "json"},
     "events": {"socket", "json", "asyncio"},
+    # json is the ledger's storage format for options and event data, not the wire.
+    "ledger": {"socket", "asyncio.streams"},
 }
 
 
@@ -265,3 +289,15 @@ def test_the_job_engine_knows_no_block_job() -> None:
     events = (PACKAGE / "blockjobs" / "events.py").read_text()
     for name in ("READY", "PENDING", "COMPLETED", "CANCELLED", "ERROR"):
         assert f'"BLOCK_JOB_{name}"' in events
+
+
+def test_the_ledger_hears_the_engine_through_hooks() -> None:
+    """The ledger listens (a JobListener, a graph observer, a bus sink); the
+    engine and the graph name no ledger, and only the ledger knows SQLite."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if "sqlite3" in _imports(path):
+            assert rel.parts[0] == "ledger", rel
+    for folder in ("jobs", "block", "blockjobs"):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            assert "ledger" not in path.read_text().lower(), path

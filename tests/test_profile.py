@@ -54,6 +54,8 @@ async def test_a_profile_sets_the_release_and_the_command_set(other_release: App
         version = await client.execute("query-version")
         assert version["return"]["qemu"] == {"micro": 0, "minor": 9, "major": 9}
         names = {c["name"] for c in (await client.execute("query-commands"))["return"]}
+        # The x-qmpjobd-* extensions are there whatever the release.
+        names = {name for name in names if not name.startswith("x-qmpjobd-")}
         assert names == {
             "query-version",
             "query-commands",

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import QMPError
 from . import info
@@ -95,6 +95,14 @@ class _Opening:
         self._graph.check_path(filename)
 
 
+class GraphObserver(Protocol):
+    """Told of the nodes the monitor adds and deletes (to keep them across restarts)."""
+
+    def node_added(self, node_name: str, options: dict[str, Any]) -> None: ...
+
+    def node_deleted(self, node_name: str) -> None: ...
+
+
 class BlockGraph:
     """All block nodes of the daemon.
 
@@ -126,6 +134,8 @@ class BlockGraph:
         self._pending: set[str] = set()
         self._order = 0
         self._closed = False
+        #: Told of every blockdev-add and blockdev-del that succeeded.
+        self.observers: list[GraphObserver] = []
 
     # -- lookups ----------------------------------------------------------
 
@@ -172,6 +182,8 @@ class BlockGraph:
         node = self._open_tree(options)
         node.monitor_owned = True
         node.refcnt += 1
+        for observer in self.observers:
+            observer.node_added(node.node_name, options)
         return node
 
     def _assign_name(self, options: dict[str, Any]) -> tuple[str, int]:
@@ -289,6 +301,8 @@ class BlockGraph:
             raise QMPError(f"Block device {node_name} is in use")
         node.monitor_owned = False
         self._unref(node)
+        for observer in self.observers:
+            observer.node_deleted(node_name)
 
     def _unref(self, node: BlockNode) -> None:
         node.refcnt -= 1

@@ -35,13 +35,14 @@ import asyncio
 import errno as errno_mod
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..errors import QMPError
 from . import info
+from .faults import NodeFaults
 
 SECTOR = 512
 #: QEMU's largest node length: INT64_MAX rounded down to a sector.
@@ -116,6 +117,9 @@ class IOContext:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        #: How a node waits out a delay (``latency-ns``): a virtual clock's
+        #: sleep under ``--clock virtual``.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -211,6 +215,8 @@ class BlockNode:
         #: then answers "Node %s is in use"
         self.backends = 0
         self._order = 0  # position in the graph, set when the node is registered
+        #: Injected faults (an extension), None until one is set.
+        self.faults: NodeFaults | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.node_name!r}>"
@@ -281,6 +287,8 @@ class BlockNode:
         :raise OSError: the request is out of range or the I/O failed.
         """
         self._check_request(offset, length)
+        if self.faults:
+            self.faults.check("read", offset, length)
         return await self._read(offset, length)
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -289,6 +297,8 @@ class BlockNode:
         :raise OSError: out of range, read-only node, or the I/O failed.
         """
         self._check_write(offset, len(data))
+        if self.faults:
+            self.faults.check("write", offset, len(data))
         self._debug_event("pwritev")
         try:
             await self._write(offset, data)
@@ -301,6 +311,8 @@ class BlockNode:
         :raise OSError: out of range, read-only node, or the I/O failed.
         """
         self._check_write(offset, length)
+        if self.faults:
+            self.faults.check("write", offset, length)
         self._debug_event("pwritev_zero")
         try:
             await self._write_zeroes(offset, length)
@@ -314,6 +326,8 @@ class BlockNode:
         """
         if self.closed:
             raise os_error(errno_mod.ENOMEDIUM)
+        if self.faults:
+            self.faults.check("flush", 0, 0)
         await self._flush()
 
     async def block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
@@ -344,6 +358,11 @@ class BlockNode:
     def backing_node(self) -> BlockNode | None:
         """The node this one's unallocated bytes come from (a COW backing node)."""
         return None
+
+    @property
+    def faulty(self) -> bool:
+        """Faults are set on this node or on a node below it."""
+        return bool(self.faults) or any(child.faulty for child in self.children.values())
 
     def file_path(self) -> Path | None:
         """The file behind this node when its bytes are that file's bytes at offset 0."""

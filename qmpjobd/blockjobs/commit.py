@@ -153,6 +153,7 @@ class LayersMirrorDriver(MirrorDriver):
         on_source_error: OnError,
         on_target_error: OnError,
         zero_target: bool = False,
+        copy_mode: str = "background",
     ) -> None:
         super().__init__(
             layers[0],
@@ -163,11 +164,13 @@ class LayersMirrorDriver(MirrorDriver):
             on_target_error=on_target_error,
             zero_target=zero_target,
             copy_all=True,
+            copy_mode=copy_mode,
         )
         self.layers = layers
 
     async def run(self, job: Job) -> None:
         size = self.source.size
+        await job.hold_point("progress")
         ranges: list[tuple[int, int]] = []
         offset = 0
         while offset < size:
@@ -176,6 +179,8 @@ class LayersMirrorDriver(MirrorDriver):
                 ranges.append((offset, n))
             offset += n
         job.progress_set_remaining(sum(n for _, n in ranges))
+        # The ranges are not copied in one sweep: every guest write is tracked.
+        self._frontier = size
         copier = self.copier(job)
         try:
             for start, length in ranges:
@@ -187,13 +192,21 @@ class LayersMirrorDriver(MirrorDriver):
                 )
                 if not done:
                     return
-            if not await copier.flush():
+            if not await self._copy_dirty(job, copier) or not await copier.flush():
                 return
+            await job.hold_point("ready")
             job.transition_to_ready()
             while not (job.should_complete or job.cancel_requested):
+                if self.dirty:
+                    if not await self._copy_dirty(job, copier):
+                        return
+                    continue
                 await job.sleep(IDLE_SECONDS)
                 if job.is_cancelled:
                     return
+            if not await self._copy_dirty(job, copier):
+                return
+            self._tracking = False
             await copier.flush()
         except Cancelled:
             return

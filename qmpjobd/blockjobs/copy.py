@@ -354,7 +354,8 @@ class Copier:
     async def throttle(self) -> None:
         """The rate-limit wait before a chunk; also a pause point."""
         while True:
-            delay = self.limiter.delay()
+            # A step (an extension) copies its bytes at once, whatever the limit.
+            delay = 0.0 if self.job.stepping else self.limiter.delay()
             if delay <= 0:
                 await self.job.pause_point()
                 return
@@ -402,7 +403,9 @@ class Copier:
             self.limiter.account(ext.length)
             return
         files = self._files
-        if files is not None and files.src is not None:
+        # Injected faults (an extension) are checked on the nodes' own path.
+        faulty = self.source.faulty or self.target.faulty
+        if files is not None and files.src is not None and not faulty:
             bounded = not self.limiter.speed
             await self.with_policy(
                 lambda: self._guard("write", self._run(files.copy, ext.offset, ext.length, bounded))
@@ -442,11 +445,17 @@ class Copier:
         """Copy ``[start, end)`` chunk by chunk; ``False`` when cancelled."""
         pos = start
         while pos < end:
+            await self.job.hold_point("progress")
             await self.throttle()
             if self.job.is_cancelled:
                 return False
+            limit = min(self.chunk, end - pos)
+            # An extension's hold at a progress offset: stop the chunk there.
+            stop = self.job.progress_limit()
+            if stop is not None and stop > 0:
+                limit = min(limit, stop)
             try:
-                ext = await self.extent(pos, min(self.chunk, end - pos))
+                ext = await self.extent(pos, limit)
                 await self.copy(ext)
             except Cancelled:
                 return False

@@ -174,6 +174,17 @@ class MirrorDriver(BlockJobDriver):
 
     _: KW_ONLY
     copy_all: bool
+    #: "background": guest writes only dirty the source; "write-blocking":
+    #: they reach the target before they complete (QEMU's active mirror).
+    copy_mode: str = "background"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: clusters written by a guest since they were copied (dirty tracking)
+        self.dirty: set[int] = set()
+        #: the initial copy has reached here: writes beyond it need no tracking
+        self._frontier = 0 if self.copy_all else self.source.size
+        self._tracking = True
 
     def cancel_hook(self, job: Job, force: bool) -> bool:
         return force or not job.ready
@@ -183,22 +194,83 @@ class MirrorDriver(BlockJobDriver):
         if not job.ready:
             raise QMPError(f"The active block job '{job.id}' cannot be completed")
 
+    async def guest_wrote(self, job: Job, offset: int, data: bytes) -> None:
+        """A guest wrote ``data`` at ``offset`` of the source (already written).
+
+        In write-blocking mode the write goes to the target too before it
+        completes; in background mode its clusters become dirty, the job's
+        remaining work grows, and an idle job wakes to copy them.
+        """
+        if not self._tracking or job.run_over:
+            return
+        length = len(data)
+        if self.copy_mode == "write-blocking":
+            await self.target.write(offset, data)
+            job.progress_increase_remaining(length)
+            job.progress_update(length)
+            return
+        first, last = offset // CLUSTER, (offset + length - 1) // CLUSTER
+        size = self.source.size
+        added = 0
+        for cluster in range(first, last + 1):
+            start = cluster * CLUSTER
+            if start >= self._frontier or cluster in self.dirty:
+                continue
+            self.dirty.add(cluster)
+            added += min(start + CLUSTER, size) - start
+        if added:
+            job.progress_increase_remaining(added)
+            job.wake("timer_pending")
+
+    async def _copy_dirty(self, job: Job, copier: Copier) -> bool:
+        """Copy the dirty clusters, lowest first, until none is left; False when cancelled."""
+        size = self.source.size
+        while self.dirty:
+            cluster = min(self.dirty)
+            self.dirty.discard(cluster)
+            start = cluster * CLUSTER
+            if not await copier.copy_all(
+                start, min(start + CLUSTER, size), lambda e: job.progress_update(e.length)
+            ):
+                return False
+        return True
+
     async def run(self, job: Job) -> None:
         size = self.source.size
         if self.target.size != size:
             raise JobFailure("Source and target image have different sizes", errno_mod.EINVAL)
         copier = self.copier(job)
+
+        def copied(ext: Extent) -> None:
+            job.progress_update(ext.length)
+            self._frontier = ext.end
+
         try:
             if self.copy_all:
+                # QEMU's mirror yields while it scans the source, before it
+                # knows its length: a hold at offset 0 stops it here (0 of 0).
+                await job.hold_point("progress")
                 job.progress_set_remaining(size)
-                done = await copier.copy_all(0, size, lambda e: job.progress_update(e.length))
-                if not done or not await copier.flush():
+                done = await copier.copy_all(0, size, copied)
+                self._frontier = size
+                if not done or not await self._copy_dirty(job, copier):
                     return
+                if not await copier.flush():
+                    return
+            await job.hold_point("ready")
             job.transition_to_ready()
             while not (job.should_complete or job.cancel_requested):
+                if self.dirty:
+                    if not await self._copy_dirty(job, copier):
+                        return
+                    continue
                 await job.sleep(IDLE_SECONDS)
                 if job.is_cancelled:
                     return
+            # Converge: what guests wrote until now reaches the target.
+            if not await self._copy_dirty(job, copier):
+                return
+            self._tracking = False
             await copier.flush()
         finally:
             copier.close()

@@ -10,7 +10,7 @@ Must not import: sockets, JSON.
 
 from __future__ import annotations
 
-from ..clock import Clock
+from ..clock import Clock, VirtualClock
 
 SLICE_SECONDS = 0.1
 
@@ -24,19 +24,22 @@ class RateLimiter:
     def __init__(self, clock: Clock, speed: int = 0) -> None:
         self._clock = clock
         self._speed = speed
+        #: Under a virtual clock an unlimited job still takes virtual time.
+        self._default = clock.throughput if isinstance(clock, VirtualClock) else 0
         self._slice_start = 0.0
         self._slice_end = -1.0
         self._dispatched = 0
 
     @property
     def speed(self) -> int:
-        return self._speed
+        """The limit in force (a virtual clock's throughput when none is set)."""
+        return self._speed or self._default
 
     def set_speed(self, speed: int) -> None:
         self._speed = speed
 
     def _quota(self) -> float:
-        return self._speed * SLICE_SECONDS
+        return self.speed * SLICE_SECONDS
 
     def _roll(self, now: float) -> None:
         if self._slice_end < now:
@@ -46,14 +49,14 @@ class RateLimiter:
 
     def account(self, nbytes: int) -> None:
         """Count ``nbytes`` of work just done."""
-        if not self._speed:
+        if not self.speed:
             return
         self._roll(self._clock.monotonic())
         self._dispatched += nbytes
 
     def delay(self) -> float:
         """Seconds to wait before the next chunk (0 when within the quota)."""
-        if not self._speed:
+        if not self.speed:
             return 0.0
         now = self._clock.monotonic()
         self._roll(now)

@@ -95,7 +95,8 @@ class BlockJobService:
 
     def _root_node(self, name: str) -> BlockNode:
         node = self.graph.lookup(name)
-        if self._filtered[node] or self.graph.has_parents(node):
+        # A mirror's target has the mirror's block backend above it: not a root.
+        if self._filtered[node] or self.graph.has_parents(node) or node.backends:
             raise QMPError("Need a root block node")
         return node
 
@@ -431,6 +432,7 @@ class BlockJobService:
             driver = LayersMirrorDriver(
                 chain,
                 target,
+                copy_mode=spec.copy_mode,
                 zero_target=zero_target and sync == "full",
                 clock=self.jobs.clock,
                 executor=self.graph.executor,
@@ -442,6 +444,7 @@ class BlockJobService:
                 source,
                 target,
                 copy_all=copy_all,
+                copy_mode=spec.copy_mode,
                 zero_target=zero_target,
                 clock=self.jobs.clock,
                 executor=self.graph.executor,
@@ -454,6 +457,15 @@ class BlockJobService:
             # job is announced and dropped (created, null), then the error.
             self.jobs.discard(self._create(settings, driver, None))
             raise QMPError("Block node is read-only")
+        if self._backup_sources[target]:
+            # A running backup's filter does not share writes to its source.
+            # QEMU names that filter by its generated node name; we have none.
+            self.jobs.discard(self._create(settings, driver, None))
+            raise QMPError(
+                f"Permission conflict on node '{target.node_name}': permissions 'write' are "
+                f"both required by an unnamed block device (uses node '{target.node_name}' "
+                "as 'root' child) and unshared by the filter of a backup job"
+            )
         job = self._create(settings, driver, None)
         if target_ref is not None:
             driver.hold(target_ref.release)

@@ -84,6 +84,8 @@ class MirrorSpec:
     replaces: str | None = None
     granularity: int = 0
     buf_size: int = 0
+    #: "background", or "write-blocking": guest writes reach the target too
+    copy_mode: str = "background"
 
 
 @dataclass(frozen=True, slots=True)

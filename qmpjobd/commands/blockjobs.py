@@ -72,6 +72,7 @@ def mirror_spec(args: dict[str, Any], *, drive: bool) -> MirrorSpec:
         replaces=args.get("replaces"),
         granularity=args.get("granularity", 0),
         buf_size=args.get("buf-size", 0),
+        copy_mode=args.get("copy-mode", "background"),
     )
 
 

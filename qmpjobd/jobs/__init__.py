@@ -8,6 +8,7 @@ May import only: qmpjobd.errors, qmpjobd.events, qmpjobd.clock.
 """
 
 from .driver import JobDriver, JobFailure
+from .gate import HoldSite, JobGate
 from .job import (
     ErrorAction,
     IoOperation,
@@ -18,6 +19,7 @@ from .job import (
 )
 from .listener import JobListener
 from .manager import JobInfo, JobManager
+from .restore import INTERRUPTED_ERROR, JobRecord, record_of, restore
 from .tables import (
     COMPLETED_STATUSES,
     QEMU_7_2_TABLES,
@@ -34,24 +36,30 @@ from .txn import Transaction
 
 __all__ = [
     "COMPLETED_STATUSES",
+    "INTERRUPTED_ERROR",
     "QEMU_7_2_TABLES",
     "TRANSITIONS",
     "VERB_TABLE",
     "ErrorAction",
+    "HoldSite",
     "IoOperation",
     "IoStatus",
     "Job",
     "JobDriver",
     "JobFailure",
+    "JobGate",
     "JobInfo",
     "JobListener",
     "JobManager",
+    "JobRecord",
     "JobStateError",
     "JobStatus",
     "JobTables",
     "JobType",
     "JobVerb",
     "Transaction",
+    "record_of",
+    "restore",
     "set_status",
     "transition_allowed",
     "verb_allowed",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..events import EventBus
@@ -23,10 +23,18 @@ from .tables import COMPLETED_STATUSES, JobStatus, JobType
 
 if TYPE_CHECKING:
     from .driver import JobDriver
+    from .gate import HoldSite, JobGate
     from .listener import JobListener
     from .txn import Transaction
 
 log = logging.getLogger(__name__)
+
+
+class Cancellable(Protocol):
+    """A timer: asyncio's, or a virtual clock's."""
+
+    def cancel(self) -> None: ...
+
 
 IoStatus = Literal["ok", "failed", "nospace"]
 IoOperation = Literal["read", "write"]
@@ -52,6 +60,13 @@ class JobHost(Protocol):
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None: ...
 
     def _job_activity(self) -> None: ...
+
+    @property
+    def gate(self) -> JobGate | None: ...
+
+    def _job_kicked(self, job: Job) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable: ...
 
 
 def set_status(job: Job, new: JobStatus) -> None:
@@ -118,7 +133,11 @@ class Job:
         self._parked = False
         self._parked_from = JobStatus.UNDEFINED
         self._waker: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
+        #: where a gate holds the job now (see jobs/gate.py), and the
+        #: future a job held after its run waits on
+        self.held_at: HoldSite | None = None
+        self._hold_waker: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id!r} {self.type.value} {self.status.value}>"
@@ -200,6 +219,50 @@ class Job:
             self._prepare_wait(max(0.0, seconds))
             await self._wait_woken()
         await self.pause_point()
+
+    async def hold_point(self, site: HoldSite) -> None:
+        """Wait here while the engine's gate holds the job (see jobs/gate.py).
+
+        Inside the run the job waits as at a pause point: a pause parks it,
+        a cancel or a release wakes it. After its run (``completion``) it
+        waits until released, or kicked by a transaction abort.
+        """
+        gate = self._host.gate
+        if gate is None:
+            return
+        while not (self._deferred and self.completed) and gate.should_hold(self, site):
+            self.held_at = site
+            try:
+                if self._deferred:
+                    self._hold_waker = asyncio.get_running_loop().create_future()
+                    gate.job_held(self, site)
+                    self._host._job_activity()
+                    await self._hold_waker
+                else:
+                    self._prepare_wait(None)
+                    gate.job_held(self, site)
+                    await self._wait_woken()
+            finally:
+                self.held_at = None
+                self._hold_waker = None
+            if not self._deferred:
+                await self.pause_point()
+
+    def unhold(self) -> None:
+        """Let a job held after its run go (its completion is the caller's)."""
+        if self._hold_waker is not None and not self._hold_waker.done():
+            self._hold_waker.set_result(None)
+
+    @property
+    def stepping(self) -> bool:
+        """The job copies a step (an extension): its copy loop does not throttle."""
+        gate = self._host.gate
+        return gate is not None and gate.stepping(self)
+
+    def progress_limit(self) -> int | None:
+        """Progress units a copy loop may do before a hold stops it (None: no limit)."""
+        gate = self._host.gate
+        return None if gate is None else gate.progress_limit(self)
 
     def transition_to_ready(self) -> None:
         """RUNNING -> READY; the listeners hear of it right after."""
@@ -290,7 +353,7 @@ class Job:
         loop = asyncio.get_running_loop()
         self._waker = loop.create_future()
         if timeout is not None:
-            self._timer = loop.call_later(timeout, self._timer_fired)
+            self._timer = self._host.call_later(timeout, self._timer_fired)
         self._busy = False
         self._host._job_activity()
 
@@ -315,6 +378,11 @@ class Job:
         A parked job returns to the state it parked from right here, so its
         status change is ordered with the action that woke it.
         """
+        if self._hold_waker is not None and not self._hold_waker.done():
+            # Held after its run: unless the gate still holds it, its
+            # completion runs now, as QEMU's deferred job's would.
+            self._host._job_kicked(self)
+            return
         if not self._started or self._deferred or self._busy:
             return
         if when == "timer_pending" and self._timer is None:

@@ -5,7 +5,7 @@ notifiers (``on_ready``, ``on_pending``, ``on_finalize_*``, I/O errors).
 A :class:`JobListener` is that hook: the engine calls each registered
 listener, synchronously, at the exact point where QEMU notifies, so what a
 listener publishes is ordered with the status changes around it. The block
-job layer listens to send its own events; a ledger or an event
+job layer listens to send its own events; a record keeper or an event
 journal can listen the same way.
 
 Must not import: sockets, JSON, block.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .job import ErrorAction, IoOperation, Job
+    from .tables import JobStatus
 
 
 class JobListener:
@@ -37,3 +38,9 @@ class JobListener:
 
     def job_io_error(self, job: Job, operation: IoOperation, action: ErrorAction) -> None:
         """An I/O request failed and the error policy chose ``action``."""
+
+    def job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
+        """The job's status was just set (after its ``JOB_STATUS_CHANGE``).
+
+        Only listeners that override this hook are called for it (the hot path).
+        """

@@ -22,12 +22,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..clock import Clock
+from ..clock import Clock, VirtualClock
 from ..errors import QMPError
 from ..events import EventBus
 from . import txn as _txn
 from .driver import JobDriver, JobFailure
-from .job import Job, JobStateError, set_status
+from .gate import JobGate
+from .job import Cancellable, Job, JobStateError, set_status
 from .listener import JobListener
 from .tables import QEMU_7_2_TABLES, JobStatus, JobTables, JobVerb
 from .txn import Transaction
@@ -142,10 +143,15 @@ class JobManager:
         self._drain_sections: list[_DrainSection] = []
         self._change: asyncio.Future[None] | None = None
         self._listeners: tuple[JobListener, ...] = ()
+        #: An extension that holds jobs at their yield points (None: never).
+        self.gate: JobGate | None = None
+        self._status_listeners: tuple[JobListener, ...] = ()
 
     def add_listener(self, listener: JobListener) -> None:
         """Have ``listener`` told about every job's life from now on."""
         self._listeners = (*self._listeners, listener)
+        if type(listener).job_status_changed is not JobListener.job_status_changed:
+            self._status_listeners = (*self._status_listeners, listener)
 
     # ------------------------------------------------------- JobHost protocol
 
@@ -160,12 +166,36 @@ class JobManager:
     def _job_status_changed(self, job: Job, old: JobStatus, new: JobStatus) -> None:
         if new is JobStatus.NULL and self._jobs.get(job.id) is job:
             del self._jobs[job.id]
+        for listener in self._status_listeners:
+            listener.job_status_changed(job, old, new)
         self._job_activity()
+
+    def _adopt(self, job: Job) -> None:
+        """Register a job rebuilt from a record (see :mod:`.restore`)."""
+        if job.id in self._jobs:
+            raise JobStateError(f"job {job.id!r} exists already")
+        self._jobs[job.id] = job
 
     def _job_activity(self) -> None:
         change, self._change = self._change, None
         if change is not None and not change.done():
             change.set_result(None)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
+        """A job's timer: on the virtual clock when there is one, else the loop's."""
+        if isinstance(self.clock, VirtualClock):
+            return self.clock.call_later(delay, callback)
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+    def _job_kicked(self, job: Job) -> None:
+        """A job held after its run was woken: its completion runs now,
+        unless the gate still holds it."""
+        gate = self.gate
+        if gate is not None and gate.should_hold(job, "completion"):
+            return
+        job.unhold()
+        if not job.completed:
+            _txn.job_completed(self, job)
 
     async def _wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait, without polling, until ``predicate()`` holds after some job change."""
@@ -302,7 +332,9 @@ class JobManager:
             job.ret = -_errno.EIO
             job.error = f"Internal error: {type(exc).__name__}"
         job.end_run()
-        _txn.job_completed(self, job)
+        await job.hold_point("completion")
+        if not job.completed:  # a transaction abort may have finished it meanwhile
+            _txn.job_completed(self, job)
 
     # ------------------------------------------------------------ user verbs
 

@@ -156,6 +156,11 @@ def dismiss(job: Job) -> None:
     set_status(job, JobStatus.NULL)
 
 
+def _completed_now(job: Job) -> bool:
+    """``job.completed``, asked again after something may have changed it."""
+    return job.completed
+
+
 def abort(host: TxnHost, job: Job) -> None:
     """``job`` failed (or was force-cancelled after its run): abort its txn."""
     txn = job.txn
@@ -188,7 +193,10 @@ def _abort_continue(host: TxnHost, txn: Transaction) -> None:
                     update_rc(head)
                     continue
                 head.wake()
-                return
+                if not _completed_now(head):
+                    return
+                # A job held after its run completes as soon as it is woken.
+                continue
             _finalize_single(host, head)
     finally:
         txn.abort_in_progress = False

@@ -8,7 +8,6 @@ Must not import: jobs, sockets, JSON.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ...errors import QMPError
@@ -45,7 +44,7 @@ class NullNode(BlockNode):
 
     async def _delay(self) -> None:
         if self.latency_ns:
-            await asyncio.sleep(self.latency_ns / 1e9)
+            await self._ctx.sleep(self.latency_ns / 1e9)
 
     async def _read(self, offset: int, length: int) -> bytes:
         await self._delay()
