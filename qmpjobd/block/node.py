@@ -368,6 +368,21 @@ class BlockNode:
         """The file behind this node when its bytes are that file's bytes at offset 0."""
         return None
 
+    def lock_image(self, write: bool) -> None:
+        """A format parent keeps others from writing the node's host file
+        (QEMU's image locking: it unshares write; with ``write`` it also
+        takes write). Nodes without a host file lock nothing.
+
+        :raise QMPError: 'Failed to get "write" lock' (another holder
+            unshares write) or 'Failed to get shared "write" lock' (another
+            holder writes).
+        """
+        return None
+
+    def unlock_image(self) -> None:
+        """Drop what :meth:`lock_image` took."""
+        return None
+
     def reopen_read_write(self) -> None:
         """Make a read-only node writable (QEMU's ``bdrv_reopen_set_read_only``
         to false, as commit does to its base).

@@ -712,4 +712,53 @@ CHAIN: tuple[Scenario, ...] = (
         ],
         progress=True,
     ),
+    jobs(
+        "chain_qcow2_locks",
+        "Image locks between nodes on the same file: a second writer, a reader of a "
+        "written image, a backing file someone writes; readers share; locks go with "
+        "their nodes.",
+        [
+            *start(),
+            ask("blockdev-add", qcow2("base", "base.qcow2"), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing=None), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask("blockdev-add", qcow2("top2", "top.qcow2", backing="base"), "second-writer"),
+            ask(
+                "blockdev-add",
+                qcow2("top3", "top.qcow2", backing="mid", **{"read-only": True}),
+                "reader-of-written",
+            ),
+            ask("blockdev-add", {"node-name": "topf", **file("top.qcow2")}, "add-topf"),
+            ask(
+                "blockdev-add",
+                {"driver": "qcow2", "node-name": "top4", "file": "topf", "backing": "mid"},
+                "writer-over-file-node",
+            ),
+            ask("blockdev-add", qcow2("m2", "mid.qcow2"), "backing-written"),
+            ask(
+                "blockdev-add",
+                qcow2("m3", "mid.qcow2", backing=None, **{"read-only": True}),
+                "reader-of-mid",
+            ),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask(
+                "blockdev-add",
+                qcow2("r1", "mid.qcow2", backing=None, **{"read-only": True}),
+                "reader-1",
+            ),
+            ask(
+                "blockdev-add",
+                qcow2("r2", "mid.qcow2", backing=None, **{"read-only": True}),
+                "reader-2",
+            ),
+            ask("blockdev-add", qcow2("w", "mid.qcow2", backing=None), "writer-of-read"),
+            ask(
+                "blockdev-add",
+                {"driver": "qcow2", "node-name": "top5", "file": "topf", "backing": "r1"},
+                "writer-after-del",
+            ),
+            qn("qn"),
+        ],
+    ),
 )

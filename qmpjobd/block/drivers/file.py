@@ -19,6 +19,9 @@ from ...errors import QMPError
 from ..node import BlockNode, Opening
 
 _ZERO_CHUNK = 1 << 20
+#: Image locks held in this process, by host file (st_dev, st_ino): each
+#: file node's ``write`` flag (it takes write; every holder unshares write).
+_IMAGE_LOCKS: dict[tuple[int, int], dict[FileNode, bool]] = {}
 
 
 class FileNode(BlockNode):
@@ -170,8 +173,31 @@ class FileNode(BlockNode):
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         return await self._ctx.run(self._status, offset, length)
 
+    def _lock_key(self) -> tuple[int, int]:
+        st = os.fstat(self._fd)
+        return st.st_dev, st.st_ino
+
+    def lock_image(self, write: bool) -> None:
+        holders = _IMAGE_LOCKS.setdefault(self._lock_key(), {})
+        others = [w for node, w in holders.items() if node is not self]
+        if write and others:
+            raise QMPError('Failed to get "write" lock')
+        if any(others):
+            raise QMPError('Failed to get shared "write" lock')
+        holders[self] = write
+
+    def unlock_image(self) -> None:
+        if self.closed:
+            return
+        key = self._lock_key()
+        holders = _IMAGE_LOCKS.get(key, {})
+        holders.pop(self, None)
+        if not holders:
+            _IMAGE_LOCKS.pop(key, None)
+
     def close(self) -> None:
         if not self.closed:
+            self.unlock_image()
             super().close()
             os.close(self._fd)
 

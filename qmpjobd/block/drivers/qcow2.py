@@ -84,6 +84,7 @@ class Qcow2Node(BlockNode):
     def reopen_read_write(self) -> None:
         if not self.read_only:
             return
+        self.file.lock_image(write=True)
         self.file.reopen_read_write()
         fd = self.file.host_fd()
         assert fd is not None
@@ -100,6 +101,7 @@ class Qcow2Node(BlockNode):
         self.image.flush()
         self.image._set_dirty(False)
         self.image.read_only = True
+        self.file.lock_image(write=False)
         self.file.reopen_read_only()
         fd = self.file.host_fd()
         host = self.image.file
@@ -126,11 +128,16 @@ class Qcow2Node(BlockNode):
         options = opening.options
         child = opening.child("file")
         opening.name()
+        child.lock_image(write=not opening.read_only)
         fd = child.host_fd()
         if fd is None:
             raise QMPError("Image is not in qcow2 format")
         host = FdHostFile(fd, no_flush=child.cache_no_flush)
-        image = Qcow2Image.open(host, read_only=opening.read_only)
+        try:
+            image = Qcow2Image.open(host, read_only=opening.read_only)
+        except BaseException:
+            child.unlock_image()
+            raise
         try:
             implicit = False
             ref = options.get("backing", _MISSING)
@@ -151,6 +158,7 @@ class Qcow2Node(BlockNode):
         except BaseException:
             image.read_only = True  # nothing written: close without touching the file
             image.close()
+            child.unlock_image()
             raise
 
     # -- children ---------------------------------------------------------
@@ -254,6 +262,7 @@ class Qcow2Node(BlockNode):
             if self._backing_blocker is not None:
                 self._backing_blocker.release()
             self.image.close()
+            self.file.unlock_image()
 
     # -- query-named-block-nodes -------------------------------------------
 
