@@ -24,6 +24,7 @@ from .commands.control import attributed, control_commands, settled
 from .commands.core import CoreContext, core_commands, negotiation_commands
 from .commands.jobs import job_commands
 from .commands.journal import guarded, journal_commands
+from .compat import ACCEPT_ALL, CompatPolicy
 from .control import Control
 from .errors import ConfigError, QMPError
 from .events import Event, EventBus
@@ -77,6 +78,8 @@ class Config:
     #: Event journal retention: a count and an age in seconds.
     journal_max_events: int = DEFAULT_MAX_EVENTS
     journal_max_age: float = DEFAULT_MAX_AGE
+    #: QEMU's -compat policy for deprecated and unstable interfaces.
+    compat: CompatPolicy = ACCEPT_ALL
 
 
 class _StartupControl:
@@ -98,12 +101,25 @@ class App:
             clock = VirtualClock(config.clock_epoch) if config.clock == "virtual" else SystemClock()
         self.clock: Clock = clock
         self.profile: Profile = profile(config.qemu_version)
-        self.schemas = SchemaSet(overlay=self.profile.schema_overlay)
+        self.schemas = SchemaSet(overlay=self.profile.schema_overlay, policy=config.compat)
         self.bus = EventBus(self.clock)
-        self.jobs = JobManager(self.bus, self.clock, self.profile.job_tables)
+        self.jobs = JobManager(
+            self.bus,
+            self.clock,
+            self.profile.job_tables,
+            drain_all_on_graph_change=self.profile.drain_all_on_graph_change,
+        )
         self.jobs.add_listener(BlockJobEvents(self.bus))
-        self.graph = BlockGraph(allow_paths=list(config.allow_paths) or None)
-        self.blockjobs = BlockJobService(self.jobs, self.graph)
+        self.graph = BlockGraph(
+            allow_paths=list(config.allow_paths) or None, show_active=self.profile.node_active
+        )
+        self.graph.on_change = self.jobs.graph_changed
+        self.blockjobs = BlockJobService(
+            self.jobs,
+            self.graph,
+            txn_start_reversed=self.profile.txn_start_reversed,
+            txn_grouped_checked_first=self.profile.txn_grouped_checked_first,
+        )
         # -- the ledger and the event journal (see qmpjobd.ledger) --
         self.ledger: Ledger | None = None
         if config.state_dir is not None:
@@ -142,7 +158,7 @@ class App:
         commands: list[tuple[str, Handler]] = [
             *blockjob_commands(self.blockjobs),
             *block_commands(self.graph),
-            *job_commands(self.jobs),
+            *job_commands(self.jobs, actively_synced=self.profile.mirror_actively_synced),
             *core_commands(self.core),
             *control_commands(self.control),
             *journal_commands(self.journal),
@@ -154,6 +170,7 @@ class App:
                 for name, h in commands
                 if name in self.profile.commands or name.startswith("x-qmpjobd-")
             ]
+        commands = [(name, h) for name, h in commands if name not in self.profile.exclude]
         commands = attributed(self.control, commands)
         virtual = self.control.clock.virtual
         if virtual is not None:

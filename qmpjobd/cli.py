@@ -20,6 +20,7 @@ from typing import NoReturn
 from . import __version__, systemd, wire
 from .app import App, Config, StartupBlockdev
 from .clock import DEFAULT_EPOCH
+from .compat import CompatPolicy
 from .errors import ConfigError
 from .keyval import parse_keyval, parse_opts
 from .ledger import DEFAULT_MAX_AGE, DEFAULT_MAX_EVENTS
@@ -126,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VERSION",
         help=f"the QEMU release to behave as: {', '.join(sorted(PROFILES))}"
         f" (default {DEFAULT_PROFILE})",
+    )
+    parser.add_argument(
+        "--compat",
+        default="",
+        metavar="POLICY",
+        help="QEMU's -compat policy, comma-separated KEY=VALUE: deprecated-input and "
+        "unstable-input take accept, reject or crash; deprecated-output and "
+        "unstable-output take accept or hide (default: accept everything)",
     )
     parser.add_argument(
         "--log-level",
@@ -392,7 +401,16 @@ def make_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
         state_dir=Path(os.path.abspath(args.state_dir)) if args.state_dir is not None else None,
         journal_max_events=args.journal_max_events,
         journal_max_age=args.journal_max_age,
+        compat=_compat(args.compat),
     )
+
+
+def _compat(text: str) -> CompatPolicy:
+    """:raise ConfigError: ``--compat TEXT: `` and QEMU's text."""
+    try:
+        return CompatPolicy.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"--compat {text}: {exc}") from None
 
 
 def _daemonize() -> int:

@@ -1,10 +1,14 @@
-"""Differential tests: qmpjobd against QEMU's qemu-storage-daemon 7.2.
+"""Differential tests: qmpjobd against QEMU's qemu-storage-daemon, once per
+emulated release (7.2, 10.0).
 
 * Every golden transcript (recorded from qemu-storage-daemon by
-  ``python -m tests.differential.record``) is replayed against qmpjobd.
-* When qemu-storage-daemon is installed, every scenario also runs live
-  against it, and the live transcript is compared with qmpjobd's and with
-  the golden file (a drift in the golden files shows there).
+  ``python -m tests.differential.record [--profile RELEASE]``) is replayed
+  against ``qmpjobd --qemu-version RELEASE``; a release without a transcript
+  of its own uses the shared one.
+* When a release's qemu-storage-daemon is there (see
+  :func:`tests.differential.harness.qemu_binary`), every scenario also runs
+  live against it, and the live transcript is compared with qmpjobd's and
+  with the golden file (a drift in the golden files shows there).
 
 Job scenarios run on qmpjobd like every other: a job command missing from
 qmpjobd fails them (and ``test_qmpjobd_lists_the_job_commands`` says so
@@ -17,13 +21,13 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
+from qmpjobd.profile import PROFILES
 from tests.differential import harness, normalise, scenarios
 from tests.differential.model import (
     GROUP_JOBS,
@@ -37,41 +41,61 @@ from tests.differential.model import (
     text_to_bytes,
 )
 
-NAMES = sorted(harness.golden_names())
+#: Every release the suite covers, and its live qemu-storage-daemon (or None).
+LIVE = {profile: harness.qemu_binary(profile) for profile in harness.LIVE_PROFILES}
+#: The releases qmpjobd emulates, of those.
+QMPJOBD_PROFILES = [p for p in harness.LIVE_PROFILES if p in PROFILES]
+
+#: (release, scenario) for every scenario with a transcript for that release.
+CASES = [(p, n) for p in harness.LIVE_PROFILES for n in harness.golden_names(profile=p)]
+#: Every golden file: (release it was recorded from, scenario).
+FILES = [(harness.BASE_PROFILE, n) for n in harness.golden_names()] + [
+    (p, path.stem)
+    for p in harness.LIVE_PROFILES
+    if p != harness.BASE_PROFILE
+    for path in sorted((harness.GOLDEN_DIR / p).glob("*.json"))
+]
+NAMES = sorted({n for _, n in CASES})
 
 
-def _qmpjobd_param(name: str) -> Any:
-    """A known qmpjobd difference (``xfail_reason``) makes the replay a strict xfail."""
+def _case(profile: str, name: str, *, xfail: bool = False, live: bool = False) -> Any:
+    """A (release, scenario) parameter; a known qmpjobd difference on that
+    release (``xfail_reason``) makes a qmpjobd test a strict xfail."""
+    marks: list[Any] = []
+    if live and LIVE[profile] is None:
+        marks.append(pytest.mark.skip(reason=f"qemu-storage-daemon {profile} not installed"))
     scenario = scenarios.BY_NAME.get(name)
-    if scenario is None or not scenario.xfail_reason:
-        return name
-    return pytest.param(
-        name, marks=pytest.mark.xfail(strict=True, reason=f"qmpjobd bug: {scenario.xfail_reason}")
-    )
+    if xfail and scenario is not None and scenario.xfails_on(profile):
+        marks.append(pytest.mark.xfail(strict=True, reason=f"qmpjobd bug: {scenario.xfail_reason}"))
+    return pytest.param(profile, name, marks=marks, id=f"{name}-{profile}")
 
 
-QMPJOBD_NAMES = [_qmpjobd_param(n) for n in NAMES]
-QEMU = shutil.which("qemu-storage-daemon")
-needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-storage-daemon not installed")
-
-
-@functools.cache
-def golden(name: str) -> dict[str, Any]:
-    return harness.load_golden(name)
+QMPJOBD_CASES = [_case(p, n, xfail=True) for p, n in CASES if p in QMPJOBD_PROFILES]
+LIVE_CASES = [_case(p, n, live=True) for p, n in CASES]
+LIVE_QMPJOBD_CASES = [_case(p, n, xfail=True, live=True) for p, n in CASES if p in QMPJOBD_PROFILES]
 
 
 @functools.cache
-def qemu_run(name: str) -> dict[str, Any]:
-    return harness.run_on_qemu(scenarios.BY_NAME[name], QEMU)
+def golden(name: str, profile: str = harness.BASE_PROFILE) -> dict[str, Any]:
+    return harness.load_golden(name, profile=profile)
 
 
-def _replay_on_qmpjobd(name: str) -> dict[str, Any]:
+def _run_on_qemu(name: str, profile: str) -> dict[str, Any]:
+    return harness.run_on_qemu(scenarios.BY_NAME[name], LIVE[profile])
+
+
+@functools.cache
+def qemu_run(name: str, profile: str) -> dict[str, Any]:
+    return _run_on_qemu(name, profile)
+
+
+def _replay_on_qmpjobd(name: str, profile: str = harness.BASE_PROFILE) -> dict[str, Any]:
     # Replays the golden file's own steps, so a golden file stands on its own.
-    return harness.run_on_qmpjobd(Scenario.from_json(golden(name)))
+    return harness.run_on_qmpjobd(Scenario.from_json(golden(name, profile)), profile=profile)
 
 
 # Replays started ahead of their tests (see _prefetch_qmpjobd_runs).
-_prefetched: dict[str, Future[dict[str, Any]]] = {}
+_prefetched: dict[tuple[str, str], Future[dict[str, Any]]] = {}
 PREFETCH_WORKERS = 3
 QMPJOBD_TESTS = frozenset({"test_qmpjobd_matches_golden", "test_qmpjobd_matches_live_qemu"})
 
@@ -84,16 +108,16 @@ def _prefetch_qmpjobd_runs(request: pytest.FixtureRequest) -> Iterator[None]:
     sockets, so a few in parallel keep the file fast; each still gets a
     daemon of its own, and the tests compare the results in their order.
     """
-    names = sorted(
+    cases = sorted(
         {
-            item.callspec.params["name"]
+            (item.callspec.params["name"], item.callspec.params["profile"])
             for item in request.session.items
             if getattr(item, "originalname", None) in QMPJOBD_TESTS and hasattr(item, "callspec")
         }
     )
     with ThreadPoolExecutor(PREFETCH_WORKERS) as pool:
-        for name in names:
-            _prefetched[name] = pool.submit(_replay_on_qmpjobd, name)
+        for case in cases:
+            _prefetched[case] = pool.submit(_replay_on_qmpjobd, *case)
         yield
         for future in _prefetched.values():
             future.cancel()
@@ -101,13 +125,13 @@ def _prefetch_qmpjobd_runs(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @functools.cache
-def qmpjobd_run(name: str) -> dict[str, Any]:
-    future = _prefetched.get(name)
-    return future.result() if future is not None else _replay_on_qmpjobd(name)
+def qmpjobd_run(name: str, profile: str = harness.BASE_PROFILE) -> dict[str, Any]:
+    future = _prefetched.get((name, profile))
+    return future.result() if future is not None else _replay_on_qmpjobd(name, profile)
 
 
 @functools.cache
-def qmpjobd_commands() -> frozenset[str]:
+def qmpjobd_commands(profile: str = harness.BASE_PROFILE) -> frozenset[str]:
     probe = Scenario(
         "probe",
         "which commands qmpjobd has",
@@ -117,7 +141,7 @@ def qmpjobd_commands() -> frozenset[str]:
             scenarios.send(scenarios.cmd("query-commands", id="c")),
         ),
     )
-    received = harness.run_on_qmpjobd(probe)["steps"][-1]["received"]["0"]
+    received = harness.run_on_qmpjobd(probe, profile=profile)["steps"][-1]["received"]["0"]
     ret = received[0].get("return") if received else None
     if not isinstance(ret, list):
         return frozenset()
@@ -158,45 +182,68 @@ def assert_same_with_reruns(
 
 def test_golden_files_exist() -> None:
     assert len(NAMES) >= 40
-    missing = sorted(set(scenarios.BY_NAME) - set(NAMES))
-    assert not missing, f"scenarios without a golden file (run the recorder): {missing}"
+    for profile in harness.LIVE_PROFILES:
+        have = {n for p, n in CASES if p == profile}
+        wanted = {s.name for s in scenarios.ALL if s.applies_to(profile)}
+        missing = sorted(wanted - have)
+        assert not missing, (
+            f"scenarios without a golden file for {profile} "
+            f"(run the recorder with --profile {profile}): {missing}"
+        )
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_golden_matches_scenario(name: str) -> None:
+@pytest.mark.parametrize(("profile", "name"), FILES, ids=[f"{n}-{p}" for p, n in FILES])
+def test_golden_matches_scenario(profile: str, name: str) -> None:
     """The golden file was recorded from the current scenario definition."""
     assert name in scenarios.BY_NAME, f"golden file {name}.json has no scenario"
-    recorded = Scenario.from_json(golden(name)).to_json()
+    data = harness.load_golden(name, profile=profile)
+    recorded = Scenario.from_json(data).to_json()
     assert recorded == scenarios.BY_NAME[name].to_json(), "scenario changed: re-record it"
-    assert not any(s.get("timed_out") for s in golden(name)["steps"])
-    assert not normalise.check_same_events(golden(name))
+    assert scenarios.BY_NAME[name].applies_to(profile)
+    assert not any(s.get("timed_out") for s in data["steps"])
+    assert not normalise.check_same_events(data)
 
 
 # ------------------------------------------------------------------ qmpjobd
 
 
-@pytest.mark.parametrize("name", QMPJOBD_NAMES)
-def test_qmpjobd_matches_golden(name: str) -> None:
+@pytest.mark.parametrize(("profile", "name"), QMPJOBD_CASES)
+def test_qmpjobd_matches_golden(profile: str, name: str) -> None:
     assert_same_with_reruns(
-        golden(name),
-        qmpjobd_run(name),
-        "qmpjobd differs from the golden transcript",
-        rerun_actual=lambda: _replay_on_qmpjobd(name),
+        golden(name, profile),
+        qmpjobd_run(name, profile),
+        f"qmpjobd --qemu-version {profile} differs from the golden transcript",
+        rerun_actual=lambda: _replay_on_qmpjobd(name, profile),
     )
 
 
 def test_qmpjobd_lists_the_job_commands() -> None:
     """The job scenarios' commands are all there (the scenarios would fail too,
     less plainly)."""
-    used = {
-        command
-        for name in NAMES
-        if golden(name)["group"] == GROUP_JOBS
-        for command in _executed(golden(name))
-    }
-    assert "blockdev-backup" in used
-    missing = sorted(used - qmpjobd_commands())
-    assert not missing, f"job commands missing from qmpjobd's query-commands: {missing}"
+    for profile in QMPJOBD_PROFILES:
+        used: set[str] = set()
+        absent: set[str] = set()
+        for p, name in CASES:
+            if p != profile or golden(name, profile)["group"] != GROUP_JOBS:
+                continue
+            transcript = golden(name, profile)
+            used |= _executed(transcript)
+            absent |= _not_found(transcript)
+        assert "blockdev-backup" in used
+        missing = sorted(used - absent - qmpjobd_commands(profile))
+        assert not missing, f"{profile} job commands missing from query-commands: {missing}"
+
+
+def _not_found(transcript: dict[str, Any]) -> set[str]:
+    """The commands the recorded daemon answered CommandNotFound."""
+    out = set()
+    for step in transcript["steps"]:
+        for messages in step["received"].values():
+            for m in messages:
+                desc = m.get("error", {}).get("desc", "") if isinstance(m, dict) else ""
+                if desc.startswith("The command ") and desc.endswith(" has not been found"):
+                    out.add(desc[len("The command ") : -len(" has not been found")])
+    return out
 
 
 def _executed(transcript: dict[str, Any]) -> set[str]:
@@ -222,27 +269,25 @@ def _executed(transcript: dict[str, Any]) -> set[str]:
 
 
 @pytest.mark.qemu
-@needs_qemu
-@pytest.mark.parametrize("name", NAMES)
-def test_qemu_matches_golden(name: str) -> None:
+@pytest.mark.parametrize(("profile", "name"), LIVE_CASES)
+def test_qemu_matches_golden(profile: str, name: str) -> None:
     assert_same_with_reruns(
-        golden(name),
-        qemu_run(name),
-        "live qemu-storage-daemon differs from the golden file",
-        rerun_actual=lambda: harness.run_on_qemu(scenarios.BY_NAME[name], QEMU),
+        golden(name, profile),
+        qemu_run(name, profile),
+        f"live qemu-storage-daemon {profile} differs from the golden file",
+        rerun_actual=lambda: _run_on_qemu(name, profile),
     )
 
 
 @pytest.mark.qemu
-@needs_qemu
-@pytest.mark.parametrize("name", QMPJOBD_NAMES)
-def test_qmpjobd_matches_live_qemu(name: str) -> None:
+@pytest.mark.parametrize(("profile", "name"), LIVE_QMPJOBD_CASES)
+def test_qmpjobd_matches_live_qemu(profile: str, name: str) -> None:
     assert_same_with_reruns(
-        qemu_run(name),
-        qmpjobd_run(name),
-        "qmpjobd differs from live qemu-storage-daemon",
-        rerun_expected=lambda: harness.run_on_qemu(scenarios.BY_NAME[name], QEMU),
-        rerun_actual=lambda: _replay_on_qmpjobd(name),
+        qemu_run(name, profile),
+        qmpjobd_run(name, profile),
+        f"qmpjobd --qemu-version {profile} differs from live qemu-storage-daemon {profile}",
+        rerun_expected=lambda: _run_on_qemu(name, profile),
+        rerun_actual=lambda: _replay_on_qmpjobd(name, profile),
     )
 
 

@@ -9,14 +9,23 @@ import pytest
 
 from qmpjobd.blockjobs import find_block_job, query_block_jobs
 from qmpjobd.errors import ErrorClass, QMPError
-from qmpjobd.jobs import Job, JobManager, JobStatus, JobType, JobVerb, Transaction
+from qmpjobd.jobs import (
+    QEMU_10_0_TABLES,
+    Job,
+    JobManager,
+    JobStatus,
+    JobType,
+    JobVerb,
+    Transaction,
+)
 
 from .support.jobs import Harness, ScriptedDriver, make_harness
 
 
 @pytest.fixture
 async def h() -> AsyncIterator[Harness]:
-    harness = make_harness()
+    # 10.0's tables: 7.2's and the verb change.
+    harness = make_harness(QEMU_10_0_TABLES)
     yield harness
     await harness.mgr.aclose()
 
@@ -76,6 +85,7 @@ ALLOWED = {
     JobVerb.COMPLETE: {"Y", "S"},
     JobVerb.FINALIZE: {"D"},
     JobVerb.DISMISS: {"E"},
+    JobVerb.CHANGE: {"C", "R", "P", "Y", "S"},
 }
 LETTER = {
     JobStatus.CREATED: "C",
@@ -104,6 +114,8 @@ def expected_error(status: JobStatus, verb: JobVerb) -> str | None:
         return "Parameter 'speed' expects a non-negative value"  # probe uses -1
     if verb is JobVerb.COMPLETE:
         return "The active block job 'j1' cannot be completed"  # driver has no hook
+    if verb is JobVerb.CHANGE:
+        return "Job type does not support change"  # only mirror's driver has it
     return None
 
 
@@ -115,6 +127,7 @@ PROBES: dict[JobVerb, Callable[[JobManager, Job], None]] = {
     JobVerb.COMPLETE: lambda m, j: m.complete(j),
     JobVerb.FINALIZE: lambda m, j: m.finalize(j),
     JobVerb.DISMISS: lambda m, j: m.dismiss(j),
+    JobVerb.CHANGE: lambda m, j: m.change(j, "write-blocking"),
 }
 
 

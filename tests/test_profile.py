@@ -9,19 +9,44 @@ import pytest
 
 from qmpjobd import profile as profiles
 from qmpjobd.app import App, Config
-from qmpjobd.jobs import QEMU_7_2_TABLES
-from qmpjobd.profile import DEFAULT_PROFILE, PROFILES, QEMU_7_2, Profile
+from qmpjobd.jobs import QEMU_7_2_TABLES, QEMU_10_0_TABLES
+from qmpjobd.profile import DEFAULT_PROFILE, PROFILES, QEMU_7_2, QEMU_10_0, Profile
 
 from .conftest import RawClient
 
 
 def test_the_7_2_profile_is_todays_behaviour() -> None:
     assert DEFAULT_PROFILE == "7.2"
-    assert PROFILES == {"7.2": QEMU_7_2}
+    assert PROFILES == {"7.2": QEMU_7_2, "10.0": QEMU_10_0}
     assert QEMU_7_2.qemu_version == (7, 2, 0)
     assert QEMU_7_2.release == "7.2.0"
     assert QEMU_7_2.job_tables is QEMU_7_2_TABLES
     assert QEMU_7_2.commands is None and QEMU_7_2.schema_overlay is None
+    assert QEMU_7_2.exclude == {"block-job-change", "blockdev-set-active"}
+    assert not any(
+        (
+            QEMU_7_2.mirror_actively_synced,
+            QEMU_7_2.node_active,
+            QEMU_7_2.txn_start_reversed,
+            QEMU_7_2.txn_grouped_checked_first,
+            QEMU_7_2.drain_all_on_graph_change,
+        )
+    )
+
+
+def test_the_10_0_profile() -> None:
+    assert QEMU_10_0.release == "10.0.0"
+    assert QEMU_10_0.job_tables is QEMU_10_0_TABLES
+    assert QEMU_10_0.schema_overlay == "10.0" and not QEMU_10_0.exclude
+    assert all(
+        (
+            QEMU_10_0.mirror_actively_synced,
+            QEMU_10_0.node_active,
+            QEMU_10_0.txn_start_reversed,
+            QEMU_10_0.txn_grouped_checked_first,
+            QEMU_10_0.drain_all_on_graph_change,
+        )
+    )
 
 
 @pytest.fixture

@@ -84,7 +84,15 @@ def test_valid_arguments_pass(schemas: SchemaSet) -> None:
 
 def test_every_file_is_a_checked_json_schema() -> None:
     root = default_schema_dir()
-    files = [(folder.name, path) for folder in root.iterdir() for path in folder.iterdir()]
+    folders = [root, *(root / name for name in ("10.0",))]  # the profiles' overlays
+    files = [
+        (folder.name, path)
+        for top in folders
+        for folder in top.iterdir()
+        if folder.name in ("commands", "events", "types")
+        for path in folder.iterdir()
+    ]
+    assert {folder.name for folder in root.iterdir()} == {"commands", "events", "types", "10.0"}
     assert {folder for folder, _ in files} == {"commands", "events", "types"}
     for folder, path in files:
         assert path.name.endswith(".json"), path

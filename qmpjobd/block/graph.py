@@ -111,6 +111,8 @@ class BlockGraph:
     :param executor: runs blocking file I/O; by default a small thread pool
         owned (and shut down) by the graph.
     :param rng: draws the two random digits of generated node names.
+    :param show_active: query-named-block-nodes shows each node's ``active``
+        (QEMU 10.0).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class BlockGraph:
         allow_paths: Sequence[Path] | None = None,
         executor: Executor | None = None,
         rng: Callable[[], int] | None = None,
+        show_active: bool = False,
     ) -> None:
         self._allow = None if allow_paths is None else tuple(Path(p).resolve() for p in allow_paths)
         self._own_executor = executor is None
@@ -131,6 +134,14 @@ class BlockGraph:
         self._rng = rng if rng is not None else (lambda: random.randrange(100))
         self._nodes: dict[str, BlockNode] = {}
         self._id_counter = 0
+        self._show_active = show_active
+        #: Told of each change of the graph, with the number of write-locked
+        #: sections QEMU 10.0 opens for it (per child attached, as the node's
+        #: driver says; one per node closed).
+        self.on_change: Callable[[int], None] = lambda sections: None
+        #: Whether a node has a parent outside the graph's own nodes (a job's
+        #: filter); the job service says.
+        self.has_filter_parent: Callable[[BlockNode], bool] = lambda node: False
         self._pending: set[str] = set()
         self._order = 0
         self._closed = False
@@ -163,7 +174,45 @@ class BlockGraph:
 
     def query_named_block_nodes(self) -> list[dict[str, Any]]:
         """``query-named-block-nodes``: BlockDeviceInfo of every node, newest first."""
-        return [info.device_info(node) for node in self.nodes()]
+        return [info.device_info(node, show_active=self._show_active) for node in self.nodes()]
+
+    # -- blockdev-set-active ----------------------------------------------
+
+    def set_active(self, node_name: str | None, active: bool) -> None:
+        """``blockdev-set-active``: one node and what is below it, or every node.
+
+        :raise QMPError: no such node, or "Node has active parent node" when
+            a node still used by an active parent is inactivated.
+        """
+        if node_name is None:
+            for each in self.nodes():
+                each.active = active
+            return
+        node = self.get(node_name)
+        if node is None:
+            raise QMPError(f"Failed to find node with node-name='{node_name}'")
+        if active:
+            self._activate(node)
+            return
+        if self.has_filter_parent(node) or any(p.active for p in self._parents(node)):
+            raise QMPError("Node has active parent node")
+        self._inactivate(node)
+
+    def _parents(self, node: BlockNode) -> list[BlockNode]:
+        return [n for n in self._nodes.values() if node in n.children.values()]
+
+    def _activate(self, node: BlockNode) -> None:
+        node.active = True
+        for child in node.children.values():
+            self._activate(child)
+
+    def _inactivate(self, node: BlockNode) -> None:
+        node.active = False
+        for child in node.children.values():
+            if not self.has_filter_parent(child) and not any(
+                p.active for p in self._parents(child)
+            ):
+                self._inactivate(child)
 
     def reference(self, node: BlockNode) -> NodeReference:
         """Keep ``node`` in use (blockdev-del then answers "Block device %s is in use")."""
@@ -186,6 +235,12 @@ class BlockGraph:
             observer.node_added(node.node_name, options)
         return node
 
+    def generate_name(self) -> str:
+        """QEMU's name for a node given none: ``#block``, a counter, two random digits."""
+        name = f"#block{self._id_counter}{self._rng() % 100:02d}"
+        self._id_counter += 1
+        return name
+
     def _assign_name(self, options: dict[str, Any]) -> tuple[str, int]:
         """Name a node being opened and give it its place in the node list.
 
@@ -193,8 +248,7 @@ class BlockGraph:
         """
         name: str | None = options.get("node-name")
         if name is None:
-            name = f"#block{self._id_counter}{self._rng() % 100:02d}"
-            self._id_counter += 1
+            name = self.generate_name()
         else:
             if not _NODE_NAME_RE.match(name):
                 raise QMPError(f"Invalid node-name: '{name}'")
@@ -248,7 +302,9 @@ class BlockGraph:
         """Open a node and its nested children; on failure, undo every open."""
         opened: list[BlockNode] = []
         try:
-            return self._open(options, None, opened)
+            node = self._open(options, None, opened)
+            self.on_change(sum(n.open_sections_per_child * len(n.children) for n in opened))
+            return node
         except BaseException:
             self._pending.clear()
             for n in reversed(opened):
@@ -316,6 +372,7 @@ class BlockGraph:
             del self._nodes[node.node_name]
             for child in node.children.values():
                 child.parent_count -= 1
+            self.on_change(1)  # closing a node
         node.close()
 
     # -- files ------------------------------------------------------------

@@ -44,6 +44,7 @@ DEVICE_INFO_MEMBERS = (
     "drv",
     "backing_file",
     "backing_file_depth",
+    "active",
     "encrypted",
     "detect_zeroes",
     "bps",
@@ -97,8 +98,9 @@ def image_info(node: BlockNode) -> dict[str, Any]:
     return _in_order(info, IMAGE_INFO_MEMBERS)
 
 
-def device_info(node: BlockNode) -> dict[str, Any]:
-    """QEMU 7.2's BlockDeviceInfo for ``query-named-block-nodes``, in its member order."""
+def device_info(node: BlockNode, *, show_active: bool = False) -> dict[str, Any]:
+    """QEMU's BlockDeviceInfo for ``query-named-block-nodes``, in its member
+    order; ``active`` (QEMU 10.0) with *show_active*."""
     depth = 0
     below = node.filter_or_cow_child()
     while below is not None:
@@ -130,5 +132,7 @@ def device_info(node: BlockNode) -> dict[str, Any]:
     backing_file = node.backing_file_name()
     if backing_file is not None:
         info["backing_file"] = backing_file
+    if show_active:
+        info["active"] = node.active
     result: dict[str, Any] = qemu_order(_in_order(info, DEVICE_INFO_MEMBERS))
     return result

@@ -190,6 +190,9 @@ class BlockNode:
     #: QEMU's format name (``drv`` and ``image.format`` in query output); the
     #: registry in ``block/drivers`` maps it to the class.
     driver: ClassVar[str] = ""
+    #: Write-locked graph sections QEMU 10.0 opens to attach each child when
+    #: it opens a node of this driver (measured: raw 3, blkdebug 1).
+    open_sections_per_child: ClassVar[int] = 1
 
     def __init__(self, opening: Opening) -> None:
         self._ctx = opening.io
@@ -199,6 +202,8 @@ class BlockNode:
         self.options = opening.options
         self.read_only: bool = bool(self.options.get("read-only", False))
         self.detect_zeroes: str = str(self.options.get("detect-zeroes", "off"))
+        #: Whether the node may be used (QEMU 10.0's ``active``; blockdev-set-active).
+        self.active: bool = bool(self.options.get("active", True))
         cache = self.options.get("cache") or {}
         self.cache_direct = bool(cache.get("direct", False))
         self.cache_no_flush = bool(cache.get("no-flush", False))

@@ -110,6 +110,11 @@ class BackupDriver(BlockJobDriver):
     retry_stopped_on_cancel = True
 
     job_type = JobType.BACKUP
+    #: QEMU 10.0: dropping the copy-before-write filter and the job's nodes.
+    free_sections = 1
+
+    def finalize_sections(self, job: Job) -> int:
+        return 3
 
     sync: BackupSync
 
@@ -166,17 +171,34 @@ class MirrorDriver(BlockJobDriver):
 
     A soft ``block-job-cancel`` in READY ends the job successfully without
     switching over; any other cancel is a force cancel. Progress counts bytes.
+
+    However its run ends, the source is drained until the job is finalized
+    (QEMU's mirror_run leaves it drained for mirror_exit_common), so a mirror
+    waiting in PENDING reports ``"paused": true``.
     """
 
     copy_unknown = False
+    _source_drained = False
 
     job_type = JobType.MIRROR
+    #: QEMU 10.0: dropping the mirror filter and the job's nodes; one more
+    #: section when the target replaces the source.
+    free_sections = 1
+
+    def finalize_sections(self, job: Job) -> int:
+        return 5 if job.ret == 0 and job.should_complete else 4
 
     _: KW_ONLY
     copy_all: bool
     #: "background": guest writes only dirty the source; "write-blocking":
-    #: they reach the target before they complete (QEMU's active mirror).
+    #: they reach the target before they complete (QEMU's active mirror);
+    #: block-job-change may switch the first to the second.
     copy_mode: str = "background"
+    #: query-block-jobs' ``actively-synced``: in write-blocking mode and in
+    #: sync at the last pass of the mirror loop. The loop passes when the
+    #: job goes READY and whenever something wakes it (a pause, a complete,
+    #: set-speed), not when block-job-change switches the mode.
+    actively_synced: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -185,6 +207,25 @@ class MirrorDriver(BlockJobDriver):
         #: the initial copy has reached here: writes beyond it need no tracking
         self._frontier = 0 if self.copy_all else self.source.size
         self._tracking = True
+
+    def _pass(self) -> None:
+        """One pass of the mirror loop with nothing to copy."""
+        if self.copy_mode != "background":
+            self.actively_synced = True
+
+    async def pause(self, job: Job) -> None:
+        # Woken for a pause, the loop passes once before it parks.
+        if job.ready:
+            self._pass()
+
+    def change(self, job: Job, copy_mode: str) -> None:
+        """QEMU's mirror_change: only background -> write-blocking; a no-op
+        to the current mode."""
+        if copy_mode == self.copy_mode:
+            return
+        if copy_mode == "background":
+            raise QMPError("Change to copy mode 'background' is not implemented")
+        self.copy_mode = copy_mode
 
     def cancel_hook(self, job: Job, force: bool) -> bool:
         return force or not job.ready
@@ -259,6 +300,7 @@ class MirrorDriver(BlockJobDriver):
                     return
             await job.hold_point("ready")
             job.transition_to_ready()
+            self._pass()
             while not (job.should_complete or job.cancel_requested):
                 if self.dirty:
                     if not await self._copy_dirty(job, copier):
@@ -267,6 +309,7 @@ class MirrorDriver(BlockJobDriver):
                 await job.sleep(IDLE_SECONDS)
                 if job.is_cancelled:
                     return
+                self._pass()
             # Converge: what guests wrote until now reaches the target.
             if not await self._copy_dirty(job, copier):
                 return
@@ -274,6 +317,19 @@ class MirrorDriver(BlockJobDriver):
             await copier.flush()
         finally:
             copier.close()
+            self._source_drained = True
+            job.request_pause()
+
+    def _end_source_drain(self, job: Job) -> None:
+        if self._source_drained:
+            self._source_drained = False
+            job.drop_pause()
+
+    def prepare(self, job: Job) -> None:
+        self._end_source_drain(job)
+
+    def abort(self, job: Job) -> None:
+        self._end_source_drain(job)
 
 
 class CreateDriver(JobDriver):

@@ -87,11 +87,14 @@ class BlockJobInfo:
     speed: int
     ready: bool
     type: str
+    #: mirror entries only, from QEMU 8.2 on
+    actively_synced: bool | None = None
     error: str | None = None
 
 
-def query_block_jobs(jobs: JobManager) -> list[BlockJobInfo]:
-    """``query-block-jobs``: every block job, newest first."""
+def query_block_jobs(jobs: JobManager, *, actively_synced: bool = False) -> list[BlockJobInfo]:
+    """``query-block-jobs``: every block job, newest first; mirror entries
+    with ``actively-synced`` when asked (QEMU 8.2's BlockJobInfo union)."""
     return [
         BlockJobInfo(
             auto_finalize=job.auto_finalize,
@@ -106,6 +109,11 @@ def query_block_jobs(jobs: JobManager) -> list[BlockJobInfo]:
             speed=job.speed,
             ready=job.ready,
             type=job.type._value_,
+            actively_synced=(
+                bool(getattr(job.driver, "actively_synced", False))
+                if actively_synced and job.type is JobType.MIRROR
+                else None
+            ),
             error=job.error if job.ret != 0 else None,
         )
         for job in jobs.jobs_newest_first()

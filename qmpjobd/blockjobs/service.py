@@ -55,6 +55,13 @@ from .specs import (
 from .stream import StreamDriver
 
 _INT_MAX = (1 << 31) - 1
+#: Write-locked block graph sections QEMU 10.0 opens starting a job, before
+#: and after it creates the job (each drains every node; see
+#: JobManager.graph_changed). Measured with an unrelated running job.
+_BACKUP_SECTIONS_BEFORE_CREATE = 4
+_BACKUP_SECTIONS_AFTER_CREATE = 1
+_MIRROR_SECTIONS_BEFORE_CREATE = 2
+_MIRROR_SECTIONS_AFTER_CREATE = 2
 #: Image formats qmpjobd can create and open as a job's target.
 _TARGET_FORMATS = ("raw", "file", "qcow2")
 #: Drivers QEMU knows but that cannot create images.
@@ -82,14 +89,28 @@ def _unallocated(node: BlockNode) -> bool:
 class BlockJobService:
     """Starts block jobs on ``graph``'s nodes, registered with ``jobs``."""
 
-    def __init__(self, jobs: JobManager, graph: BlockGraph) -> None:
+    def __init__(
+        self,
+        jobs: JobManager,
+        graph: BlockGraph,
+        *,
+        txn_start_reversed: bool = False,
+        txn_grouped_checked_first: bool = False,
+    ) -> None:
+        """*txn_start_reversed*: a transaction's jobs start (and its drained
+        sections end) in reverse action order; *txn_grouped_checked_first*:
+        grouped completion is refused up front unless every action is a
+        backup (both QEMU 8.1)."""
         self.jobs = jobs
         self.graph = graph
+        self._txn_start_reversed = txn_start_reversed
+        self._txn_grouped_checked_first = txn_grouped_checked_first
         #: nodes with a job's filter on top (a backup's source or target, a
         #: mirror's source): no longer root nodes
         self._filtered: Counter[BlockNode] = Counter()
         #: sources of running backups: their writes may not be shared
         self._backup_sources: Counter[BlockNode] = Counter()
+        graph.has_filter_parent = lambda node: self._filtered[node] > 0
 
     # ------------------------------------------------------------ helpers
 
@@ -186,6 +207,13 @@ class BlockJobService:
 
         :raise QMPError: the first action's error, with QEMU's text.
         """
+        if self._txn_grouped_checked_first and spec.grouped:
+            for action in spec.actions:
+                if isinstance(action, AbortAction):
+                    raise QMPError(
+                        "Action 'abort' does not support transaction property "
+                        "completion-mode = grouped"
+                    )
         async with self.jobs.drained():
             pass  # QEMU drains every node before a transaction's actions
         txn = Transaction(grouped=True) if spec.grouped else None
@@ -202,11 +230,12 @@ class BlockJobService:
                     if job.status is not JobStatus.NULL:
                         self.jobs.cancel(job, force=True)
                 raise
-            for job in created:
+            for job in reversed(created) if self._txn_start_reversed else created:
                 self.jobs.start(job)
         finally:
-            # Like QEMU's clean step, the drained sections end in action order.
-            for section in sections:
+            # Like QEMU's clean step, the drained sections end in the order
+            # the jobs started.
+            for section in reversed(sections) if self._txn_start_reversed else sections:
                 await section.__aexit__(None, None, None)
 
     async def _drain_users(
@@ -305,9 +334,25 @@ class BlockJobService:
             raise QMPError("max-chunk must be zero (which means no limit) or positive")
         if source.size != target.size:
             raise QMPError("Source and target image have different sizes")
+        # The copy-before-write filter (a new node) takes both as children.
+        for node, role in ((source, "file"), (target, "target")):
+            if not node.active:
+                raise QMPError(
+                    f"Could not create node: Inactive '{node.node_name}' can't be a {role} "
+                    f"child of active '{self.graph.generate_name()}'"
+                )
+        size = spec.min_cluster_size % (1 << 64)  # a size: negative values wrap
+        if size & (size - 1):
+            raise QMPError(
+                "Could not create node: Cannot create block-copy-state: "
+                "min-cluster-size needs to be a power of 2"
+            )
         if target.read_only:
             raise QMPError("Could not create node: Block node is read-only")
         settings = spec.job
+        # QEMU 10.0 inserts the copy-before-write filter and attaches the
+        # job's nodes in write-locked sections, each draining every node.
+        self.jobs.graph_changed(_BACKUP_SECTIONS_BEFORE_CREATE)
         driver = BackupDriver(
             source,
             target,
@@ -319,6 +364,7 @@ class BlockJobService:
             on_target_error=settings.on_target_error,
         )
         job = self._create(settings, driver, txn)
+        self.jobs.graph_changed(_BACKUP_SECTIONS_AFTER_CREATE)
         if target_ref is not None:
             driver.hold(target_ref.release)
         driver.hold(self.graph.reference(source).release)
@@ -451,12 +497,22 @@ class BlockJobService:
                 on_source_error=settings.on_source_error,
                 on_target_error=settings.on_target_error,
             )
-        if target.read_only:
+        if not source.active:
+            # The mirror filter (a new node) takes the source as its child.
+            raise QMPError(
+                f"Inactive '{source.node_name}' can't be a backing child of active "
+                f"'{self.graph.generate_name()}'"
+            )
+        if target.read_only or not target.active:
             # Every check has passed but one that QEMU makes only once the
             # job exists, when it asks for write access to its target: the
             # job is announced and dropped (created, null), then the error.
             self.jobs.discard(self._create(settings, driver, None))
-            raise QMPError("Block node is read-only")
+            raise QMPError(
+                "Block node is read-only"
+                if target.read_only
+                else "Permission 'write' unavailable on inactive node"
+            )
         if self._backup_sources[target]:
             # A running backup's filter does not share writes to its source.
             # QEMU names that filter by its generated node name; we have none.
@@ -466,7 +522,9 @@ class BlockJobService:
                 f"both required by an unnamed block device (uses node '{target.node_name}' "
                 "as 'root' child) and unshared by the filter of a backup job"
             )
+        self.jobs.graph_changed(_MIRROR_SECTIONS_BEFORE_CREATE)
         job = self._create(settings, driver, None)
+        self.jobs.graph_changed(_MIRROR_SECTIONS_AFTER_CREATE)
         if target_ref is not None:
             driver.hold(target_ref.release)
         driver.hold(source.block_job("mirror").release)

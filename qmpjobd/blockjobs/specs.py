@@ -57,6 +57,8 @@ class BackupSpec:
     #: ``x-perf``
     max_workers: int = 64
     max_chunk: int = 0
+    #: x-perf's min-cluster-size (QEMU 9.1); 0: the default
+    min_cluster_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ class CommandTable:
             raise command_not_found(request.command)
         if request.oob and not command.schema.allow_oob:
             raise oob_not_supported(request.command)
+        self.schemas.policy.check_command(command.schema.features, command.name)
         self.schemas.validate_arguments(command.name, request.arguments)
         return command
 

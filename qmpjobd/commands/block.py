@@ -1,4 +1,5 @@
-"""Block node commands: blockdev-add, blockdev-del, query-named-block-nodes."""
+"""Block node commands: blockdev-add, blockdev-del, query-named-block-nodes,
+query-block, blockdev-set-active."""
 
 from __future__ import annotations
 
@@ -20,7 +21,17 @@ def block_commands(graph: BlockGraph) -> list[tuple[str, Handler]]:
     def query_named_block_nodes(session: SessionControl, args: dict[str, Any]) -> Any:
         return graph.query_named_block_nodes()
 
+    def blockdev_set_active(session: SessionControl, args: dict[str, Any]) -> Any:
+        graph.set_active(args.get("node-name"), args["active"])
+        return {}
+
+    def query_block(session: SessionControl, args: dict[str, Any]) -> Any:
+        # Nodes are not block backends: qemu-storage-daemon has no named ones.
+        return []
+
     return [
+        ("blockdev-set-active", blockdev_set_active),
+        ("query-block", query_block),
         ("query-named-block-nodes", query_named_block_nodes),
         ("blockdev-add", blockdev_add),
         ("blockdev-del", blockdev_del),

@@ -18,22 +18,26 @@ from . import Handler, SessionControl
 
 
 def _wire(record: JobInfo | BlockJobInfo) -> dict[str, Any]:
-    """A query record as QMP members, in 7.2's order; ``error`` only when set."""
+    """A query record as QMP members, in QEMU's order; optional ones only when set."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
-        if f.name == "error" and value is None:
+        if f.name in ("error", "actively_synced") and value is None:
             continue
         out[f.name.replace("_", "-")] = value
     return out
 
 
-def job_commands(jobs: JobManager) -> list[tuple[str, Handler]]:
+def job_commands(jobs: JobManager, *, actively_synced: bool = False) -> list[tuple[str, Handler]]:
+    """The job commands; *actively_synced*: query-block-jobs' mirror entries
+    carry ``actively-synced`` (QEMU 8.2)."""
+
     def query_jobs(session: SessionControl, args: dict[str, Any]) -> Any:
         return [_wire(info) for info in jobs.query_jobs()]
 
     def query_block_jobs(session: SessionControl, args: dict[str, Any]) -> Any:
-        return [_wire(info) for info in blockjobs.query_block_jobs(jobs)]
+        infos = blockjobs.query_block_jobs(jobs, actively_synced=actively_synced)
+        return [_wire(info) for info in infos]
 
     def job_pause(session: SessionControl, args: dict[str, Any]) -> Any:
         jobs.pause(jobs.find(args["id"]))
@@ -86,6 +90,13 @@ def job_commands(jobs: JobManager) -> list[tuple[str, Handler]]:
         jobs.finalize(blockjobs.find_block_job(jobs, args["id"]))
         return {}
 
+    def block_job_change(session: SessionControl, args: dict[str, Any]) -> Any:
+        # QEMU does not check the discriminator against the job: a mirror
+        # given another type reads the absent mirror branch as background.
+        copy_mode = args["copy-mode"] if args["type"] == "mirror" else "background"
+        jobs.change(blockjobs.find_block_job(jobs, args["id"]), copy_mode)
+        return {}
+
     def block_job_dismiss(session: SessionControl, args: dict[str, Any]) -> Any:
         jobs.dismiss(blockjobs.find_block_job(jobs, args["id"]))
         return {}
@@ -94,6 +105,7 @@ def job_commands(jobs: JobManager) -> list[tuple[str, Handler]]:
     return [
         ("query-block-jobs", query_block_jobs),
         ("block-job-set-speed", block_job_set_speed),
+        ("block-job-change", block_job_change),
         ("block-job-cancel", block_job_cancel),
         ("block-job-pause", block_job_pause),
         ("block-job-resume", block_job_resume),

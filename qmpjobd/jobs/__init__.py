@@ -23,6 +23,7 @@ from .restore import INTERRUPTED_ERROR, JobRecord, record_of, restore
 from .tables import (
     COMPLETED_STATUSES,
     QEMU_7_2_TABLES,
+    QEMU_10_0_TABLES,
     TRANSITIONS,
     VERB_TABLE,
     JobStatus,
@@ -38,6 +39,7 @@ __all__ = [
     "COMPLETED_STATUSES",
     "INTERRUPTED_ERROR",
     "QEMU_7_2_TABLES",
+    "QEMU_10_0_TABLES",
     "TRANSITIONS",
     "VERB_TABLE",
     "ErrorAction",

@@ -16,7 +16,7 @@ import errno as _errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import QmpJobdError
+from ..errors import QMPError, QmpJobdError
 from .tables import JobType
 
 if TYPE_CHECKING:
@@ -97,6 +97,21 @@ class JobDriver:
 
     def set_speed(self, job: Job, speed: int) -> None:
         """Called after ``job.speed`` changed (creation or set-speed)."""
+
+    #: Block graph sections QEMU opens when it frees the job (after NULL).
+    free_sections = 0
+
+    def finalize_sections(self, job: Job) -> int:
+        """Block graph sections QEMU opens finalizing the job (its abort or
+        commit and clean), before the completion event."""
+        return 0
+
+    def change(self, job: Job, copy_mode: str) -> None:
+        """``block-job-change`` (QEMU 8.2): only mirror implements it.
+
+        :raise QMPError: "Job type does not support change", or the driver's refusal.
+        """
+        raise QMPError("Job type does not support change")
 
     async def pause(self, job: Job) -> None:
         """Called at a pause point right before the job parks (e.g. to wait

@@ -131,10 +131,23 @@ class JobManager:
     :param tables: the state machine to run by (the version profile's).
     """
 
-    def __init__(self, bus: EventBus, clock: Clock, tables: JobTables = QEMU_7_2_TABLES) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        clock: Clock,
+        tables: JobTables = QEMU_7_2_TABLES,
+        *,
+        drain_all_on_graph_change: bool = False,
+    ) -> None:
+        """*drain_all_on_graph_change*: every change of the block graph drains
+        every node, so every running or ready job shows a pause and a resume
+        per change (QEMU 8.x+; see :meth:`graph_changed`)."""
         self._bus = bus
         self.clock = clock
         self.tables = tables
+        self._drain_all = drain_all_on_graph_change
+        #: TxnHost: a failed transaction lets its members' runs end first.
+        self.finish_runs_before_abort = drain_all_on_graph_change
         #: The state machine's edges (JobHost); set_status checks them.
         self.transitions = tables.transitions
         #: Live jobs by id, oldest first (QEMU lists them newest first).
@@ -175,6 +188,29 @@ class JobManager:
         if job.id in self._jobs:
             raise JobStateError(f"job {job.id!r} exists already")
         self._jobs[job.id] = job
+
+    def graph_changed(self, sections: int = 1) -> None:
+        """The block graph changed in ``sections`` write-locked sections.
+
+        From QEMU 8.x on, each such section drains every node: every running
+        job goes ``paused`` and back to ``running``, every READY job
+        ``standby`` and back to ``ready``, whatever nodes it uses, once per
+        section. The job is not stopped for it: it cannot notice.
+        """
+        if not self._drain_all:
+            return
+        for _ in range(sections):
+            moving = [
+                job
+                for job in self._jobs.values()
+                if job.status in (JobStatus.RUNNING, JobStatus.READY) and not job.run_over
+            ]
+            for job in moving:
+                paused = JobStatus.PAUSED if job.status is JobStatus.RUNNING else JobStatus.STANDBY
+                set_status(job, paused)
+            for job in moving:
+                back = JobStatus.RUNNING if job.status is JobStatus.PAUSED else JobStatus.READY
+                set_status(job, back)
 
     def _job_activity(self) -> None:
         change, self._change = self._change, None
@@ -342,6 +378,14 @@ class JobManager:
         if job.status not in self.tables.verbs[verb]:
             raise _verb_error(job, verb)
 
+    def change(self, job: Job, copy_mode: str) -> None:
+        """block-job-change (the release's verb table has ``change``).
+
+        :raise QMPError: the verb error, then the driver's.
+        """
+        self._apply_verb(job, JobVerb.CHANGE)
+        job.driver.change(job, copy_mode)
+
     def pause(self, job: Job) -> None:
         """job-pause / block-job-pause.
 
@@ -403,7 +447,7 @@ class JobManager:
         :raise QMPError: the verb error.
         """
         self._apply_verb(job, JobVerb.DISMISS)
-        _txn.dismiss(job)
+        _txn.dismiss(job, self)
 
     def set_speed(self, job: Job, speed: int) -> None:
         """block-job-set-speed (also applied at creation).
@@ -437,7 +481,7 @@ class JobManager:
 
     def _cancel(self, job: Job, force: bool) -> None:
         if job.status is JobStatus.CONCLUDED:
-            _txn.dismiss(job)
+            _txn.dismiss(job, self)
             return
         self.cancel_async(job, force)
         if not job.started:
@@ -473,7 +517,7 @@ class JobManager:
             while self._jobs:
                 job = next(reversed(self._jobs.values()))
                 if job.status is JobStatus.CONCLUDED:
-                    _txn.dismiss(job)
+                    _txn.dismiss(job, self)
                     continue
                 self._cancel(job, True)
                 await self._wait_for(_has_concluded(job))

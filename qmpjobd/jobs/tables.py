@@ -35,7 +35,8 @@ class JobStatus(StrEnum):
 
 
 class JobVerb(StrEnum):
-    """QEMU 7.2's JobVerb (``change`` only exists from 8.2 on)."""
+    """QEMU's JobVerb (``change`` only exists from 8.2 on: a release's verb
+    table has a row for it or not)."""
 
     CANCEL = "cancel"
     PAUSE = "pause"
@@ -44,6 +45,7 @@ class JobVerb(StrEnum):
     COMPLETE = "complete"
     DISMISS = "dismiss"
     FINALIZE = "finalize"
+    CHANGE = "change"
 
 
 class JobType(StrEnum):
@@ -102,6 +104,11 @@ _VERBS: dict[JobVerb, tuple[int, ...]] = {
     JobVerb.FINALIZE:  (0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0),
     JobVerb.DISMISS:   (0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0),
 }
+# The row QEMU 8.2 added for block-job-change.
+_CHANGE_ROW: tuple[int, ...] = (
+    #U  C  R  P  Y  S  W  D  X  E  N
+    0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
+)
 # fmt: on
 
 
@@ -137,6 +144,11 @@ class JobTables:
 
 #: QEMU 7.2's tables.
 QEMU_7_2_TABLES: Final = JobTables(TRANSITIONS, VERB_TABLE)
+
+#: QEMU 10.0's tables: 7.2's, and the verb ``change``.
+QEMU_10_0_TABLES: Final = JobTables(
+    TRANSITIONS, MappingProxyType({**VERB_TABLE, JobVerb.CHANGE: _row(_CHANGE_ROW)})
+)
 
 
 def transition_allowed(old: JobStatus, new: JobStatus) -> bool:

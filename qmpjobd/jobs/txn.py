@@ -60,6 +60,12 @@ class TxnHost(Protocol):
 
     def cancel_async(self, job: Job, force: bool) -> None: ...
 
+    def graph_changed(self, sections: int = 1) -> None: ...
+
+    #: A failed transaction lets every member's run end before it finalizes
+    #: any (QEMU 8.x+: finalizing drains every node, which runs them).
+    finish_runs_before_abort: bool
+
 
 def failure_of(exc: JobFailure | OSError) -> tuple[int, str]:
     """A driver's failure as the job's return code and error text."""
@@ -139,21 +145,25 @@ def _finalize_single(host: TxnHost, job: Job) -> None:
     except Exception:
         log.exception("job %r: finalization hook failed", job.id)
     if job.started:
+        host.graph_changed(driver.finalize_sections(job))
         for listener in host.listeners:
             listener.job_finalized(job)
     with contextlib.suppress(ValueError):
         job.txn.jobs.remove(job)
     set_status(job, JobStatus.CONCLUDED)
     if job.auto_dismiss or not job.started:
-        dismiss(job)
+        dismiss(job, host)
 
 
-def dismiss(job: Job) -> None:
-    """CONCLUDED (or CREATED, never started) -> NULL."""
+def dismiss(job: Job, host: TxnHost) -> None:
+    """CONCLUDED (or CREATED, never started) -> NULL; freeing a job that ran
+    changes the block graph (its nodes let go)."""
     job.set_idle()
     with contextlib.suppress(ValueError):
         job.txn.jobs.remove(job)
     set_status(job, JobStatus.NULL)
+    if job.started:
+        host.graph_changed(job.driver.free_sections)
 
 
 def _completed_now(job: Job) -> bool:
@@ -183,6 +193,11 @@ def _abort_continue(host: TxnHost, txn: Transaction) -> None:
         return
     txn.abort_in_progress = True
     try:
+        if host.finish_runs_before_abort:
+            for member in txn.jobs:
+                if member.started and not member.completed:
+                    member.wake()
+                    return
         while txn.jobs:
             head = txn.jobs[0]
             if not head.completed:

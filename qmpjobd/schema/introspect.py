@@ -37,11 +37,14 @@ class _Introspector:
         self.names: dict[str, str] = {}
         self.builtins: dict[str, dict[str, Any]] = {}
         self.counter = 0
+        self.hides = schemas.policy.hides
 
     def run(self, commands: list[str], events: list[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for name in commands:
             cmd = self.schemas.commands[name]
+            if self.hides(cmd.features):
+                continue
             entry: dict[str, Any] = {
                 "name": name,
                 "ret-type": self.type_name(cmd.returns),
@@ -55,6 +58,8 @@ class _Introspector:
             out.append(entry)
         for name in events:
             event = self.schemas.events[name]
+            if self.hides(event.features):
+                continue
             entry = {"name": name, "meta-type": "event", "arg-type": self.type_name(event.data)}
             if event.features:
                 entry["features"] = list(event.features)
@@ -91,11 +96,20 @@ class _Introspector:
         if key in self.names:
             return self.names[key]
         if is_enum:
-            values = list(schema.get("enum", [schema.get("const")]))
-            return self._new(
-                key,
-                {"members": [{"name": v} for v in values], "meta-type": "enum", "values": values},
-            )
+            features: dict[str, list[str]] = schema.get("x-member-features", {})
+            values = [
+                v
+                for v in schema.get("enum", [schema.get("const")])
+                if not self.hides(features.get(v, []))
+            ]
+            members = [
+                {"name": v, **({"features": features[v]} if v in features else {})} for v in values
+            ]
+            entity: dict[str, Any] = {"members": members, "meta-type": "enum"}
+            # SchemaInfoEnum's values member is deprecated (members says it all).
+            if not self.hides(["deprecated"]):
+                entity["values"] = values
+            return self._new(key, entity)
         if json_type == "array":
             element = self.type_name(schema.get("items", {}), root)
             name = f"[{element}]"
@@ -104,9 +118,11 @@ class _Introspector:
                 return name
             return self._new(key, {"element-type": element, "meta-type": "array"}, name)
         # An object: reserve its number before its members take theirs.
-        entity: dict[str, Any] = {"members": [], "meta-type": "object"}
+        entity = {"members": [], "meta-type": "object"}
         name = self._new(key, entity)
         entity["members"] = self._members(schema, root)
+        if schema.get("x-type-features"):
+            entity["features"] = list(schema["x-type-features"])
         union = schema.get("x-union")
         if union is not None:
             entity["tag"] = union["discriminator"]
@@ -120,10 +136,15 @@ class _Introspector:
         required = set(schema.get("required", ()))
         members = []
         for member, subschema in schema.get("properties", {}).items():
+            features = subschema.get("x-features", [])
+            if self.hides(features):
+                continue
             entry: dict[str, Any] = {"name": member}
             if member not in required:
                 entry["default"] = None
             entry["type"] = self.type_name(subschema, root)
+            if features:
+                entry["features"] = list(features)
             members.append(entry)
         return members
 
@@ -147,7 +168,15 @@ class _Introspector:
 
 
 _ANNOTATIONS: Final = frozenset(
-    {"$schema", "$id", "title", "description", "x-returns", "x-features", "x-allow-oob"}
+    {
+        "$schema",
+        "$id",
+        "title",
+        "description",
+        "x-returns",
+        "x-features",
+        "x-allow-oob",
+    }
 )
 
 

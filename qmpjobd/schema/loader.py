@@ -25,6 +25,7 @@ from typing import Any
 
 import jsonschema
 
+from ..compat import ACCEPT_ALL, CompatPolicy
 from .introspect import introspect
 from .validate import (
     SchemaError,
@@ -71,7 +72,10 @@ class EventSchema:
 
 
 def _json_files(folder: Traversable) -> Iterator[tuple[str, Traversable]]:
-    """``(stem, file)`` for every ``*.json`` file in *folder*, by name."""
+    """``(stem, file)`` for every ``*.json`` file in *folder*, by name (none
+    if an overlay has no such folder)."""
+    if not folder.is_dir():
+        return
     files = [item for item in folder.iterdir() if item.name.endswith(".json")]
     for item in sorted(files, key=lambda item: item.name):
         yield item.name.removesuffix(".json"), item
@@ -80,9 +84,17 @@ def _json_files(folder: Traversable) -> Iterator[tuple[str, Traversable]]:
 class SchemaSet:
     """Every command, event and type schema, loaded and checked once."""
 
-    def __init__(self, root: Traversable | None = None, *, overlay: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Traversable | None = None,
+        *,
+        overlay: str | None = None,
+        policy: CompatPolicy = ACCEPT_ALL,
+    ) -> None:
         """Load every file under ``root``, then those under ``root/overlay``
-        (a version profile's changes), each replacing the file of its name."""
+        (a version profile's changes), each replacing the file of its name.
+        *policy*: the ``--compat`` policy the checks and introspection follow."""
+        self.policy = policy
         root = root if root is not None else default_schema_dir()
         self.root = root
         self.types: dict[str, dict[str, Any]] = {}
@@ -96,7 +108,7 @@ class SchemaSet:
             if not folder.is_dir():
                 raise SchemaError(f"schema overlay {overlay!r} not found")
             self._load_folder(folder)
-        self.walker = Walker(self.types)
+        self.walker = Walker(self.types, policy)
         self._registry = stock_registry(self.types)
         self._stock: dict[str, Any] = {}
 

@@ -23,11 +23,23 @@ import jsonschema
 import referencing
 import referencing.jsonschema
 
+from ..compat import ACCEPT_ALL, CompatPolicy
 from ..errors import QMPError, QmpJobdError
 from ..wire.qdict import first_unexpected
 
 TYPE_PREFIX: Final = "qmpjobd:type/"
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+#: QAPI's unsigned integer types (``"x-qapi-int"`` on an integer schema): the
+#: values QEMU's input visitor takes. uint64 and size take any JSON integer
+#: that fits int64 or uint64 (a negative one wraps); the narrower ones check
+#: the wrapped value against their maximum.
+_UNSIGNED: Final = {
+    "uint64": (_INT64[0], (1 << 64) - 1),
+    "size": (_INT64[0], (1 << 64) - 1),
+    "uint32": (0, (1 << 32) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "uint8": (0, (1 << 8) - 1),
+}
 
 
 class SchemaError(QmpJobdError):
@@ -82,6 +94,9 @@ class Walker:
     """Validates an instance in QAPI visitor order."""
 
     types: Mapping[str, Any]
+    #: What to do with members and enum values that carry the deprecated
+    #: or unstable feature (``x-features``, ``x-member-features``).
+    policy: CompatPolicy = ACCEPT_ALL
 
     def resolve(
         self, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
@@ -115,6 +130,10 @@ class Walker:
         if "anyOf" in schema:
             self.visit_alternate(schema, value, path, name, root)
             return
+        unsigned = schema.get("x-qapi-int")
+        if unsigned is not None:
+            self.visit_unsigned(unsigned, value, path, name)
+            return
         json_type = schema.get("type")
         if json_type is None and "enum" in schema:
             json_type = "string"  # QAPI enums are strings
@@ -127,6 +146,10 @@ class Walker:
                 f"Parameter '{name if name is not None else 'null'}' "
                 f"does not accept value '{value}'"
             )
+        if isinstance(value, str) and "x-member-features" in schema:
+            value_features = schema["x-member-features"].get(value)
+            if value_features:
+                self.policy.check_value(value_features, value)
         if "const" in schema and value != schema["const"]:
             raise QMPError(
                 f"Parameter '{name if name is not None else 'null'}' "
@@ -148,6 +171,20 @@ class Walker:
         elif json_type == "object" and ("properties" in schema or "x-union" in schema):
             assert isinstance(value, dict)
             self.visit_members(schema, value, path, root)
+
+    @staticmethod
+    def visit_unsigned(
+        qapi_type: str, value: object, path: tuple[str | int, ...], name: str | None
+    ) -> None:
+        """QEMU's ``type_uint64`` visitor, then ``visit_type_uintN``'s range check."""
+        wide = _UNSIGNED["uint64"]
+        if not isinstance(value, int) or isinstance(value, bool) or not wide[0] <= value <= wide[1]:
+            raise QMPError(f"Parameter '{_full_name(path) or 'null'}' expects uint64")
+        low, high = _UNSIGNED[qapi_type]
+        if not low <= value % (1 << 64) <= high:
+            # visit_type_uintN names the member alone, as QEMU does.
+            leaf = name if name is not None else "null"
+            raise QMPError(f"Parameter '{leaf}' expects {qapi_type}_t")
 
     def visit_alternate(
         self,
@@ -206,6 +243,9 @@ class Walker:
                 if member in required:
                     raise QMPError(f"Parameter '{_full_name(path, member)}' is missing")
                 continue
+            features = subschema.get("x-features")
+            if features:
+                self.policy.check_member(features, member)
             self.visit(subschema, value[member], (*path, member), member, root)
 
 
@@ -219,8 +259,9 @@ def standardise(doc: Mapping[str, Any]) -> dict[str, Any]:
                 fix(value)
             if node.get("type") == "integer":
                 # QAPI's int is int64 unless the schema says otherwise.
-                node.setdefault("minimum", _INT64[0])
-                node.setdefault("maximum", _INT64[1])
+                low, high = _UNSIGNED.get(node.get("x-qapi-int", ""), _INT64)
+                node.setdefault("minimum", low)
+                node.setdefault("maximum", high)
             union = node.get("x-union")
             if union is not None:
                 disc = union["discriminator"]

@@ -11,8 +11,15 @@ Two targets:
   before any scenario connection is made, because a client that connects
   while QEMU is still setting its monitors up can get the greeting twice and
   lose the start of its input.
-* :class:`QmpjobdTarget` starts ``python -m qmpjobd --socket PATH``; every
-  connection goes to that one socket.
+* :class:`QmpjobdTarget` starts ``python -m qmpjobd --socket PATH``
+  (``--qemu-version`` for a chosen profile); every connection goes to that
+  one socket.
+
+Profiles: every QEMU release qmpjobd emulates has a live reference, found by
+:func:`qemu_binary`. Golden transcripts recorded from the base release live
+in ``tests/golden/``; a scenario whose transcript differs on another release
+(or that only applies to it) has that release's transcript in
+``tests/golden/<release>/``, which :func:`load_golden` prefers.
 
 Both are context managers and stop their process by pid.  The runner is
 plain blocking socket code: a scenario is sequential by nature, and the only
@@ -52,6 +59,29 @@ from .model import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+
+#: The release the shared golden files are recorded from.
+BASE_PROFILE = "7.2"
+#: Every release with a live reference: the differential suite's profiles.
+LIVE_PROFILES = ("7.2", "10.0")
+
+
+def qemu_binary(profile: str) -> str | None:
+    """The live ``qemu-storage-daemon`` of a release, or None.
+
+    ``QMPJOBD_QSD_<release, dots as underscores>`` names it (for example
+    ``QMPJOBD_QSD_10_0``); otherwise 7.2 is the one on ``PATH`` (Debian
+    bookworm's) and a newer one is the binary unpacked into
+    ``.qemu-<release>/`` of the checkout (``.ci/run`` puts it there).
+    """
+    env = os.environ.get("QMPJOBD_QSD_" + profile.replace(".", "_"))
+    if env:
+        return env
+    if profile == BASE_PROFILE:
+        return shutil.which("qemu-storage-daemon")
+    local = REPO_ROOT / f".qemu-{profile}" / "usr" / "bin" / "qemu-storage-daemon"
+    return str(local) if local.is_file() and os.access(local, os.X_OK) else None
+
 
 FINAL_QUIET_MS = 50
 START_TIMEOUT_S = 10.0
@@ -216,9 +246,12 @@ class QemuTarget:
 class QmpjobdTarget:
     """A fresh ``python -m qmpjobd --socket PATH``; all connections share the socket."""
 
-    def __init__(self, python: str | None = None, root: Path = REPO_ROOT) -> None:
+    def __init__(
+        self, python: str | None = None, root: Path = REPO_ROOT, profile: str | None = None
+    ) -> None:
         self.python = python or sys.executable
         self.root = root
+        self.profile = profile
         self.name = "qmpjobd"
         self._tmp = _short_tempdir()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -254,6 +287,7 @@ class QmpjobdTarget:
                     self.socket_path(0),
                     "--allow-path",
                     self.files_dir(),
+                    *(["--qemu-version", self.profile] if self.profile else []),
                 ],
                 cwd=self.root,
                 env=env,
@@ -547,8 +581,10 @@ def run_on_qemu(scenario: Scenario, binary: str | None = None) -> dict[str, JSON
         return run_scenario(scenario, target)
 
 
-def run_on_qmpjobd(scenario: Scenario, python: str | None = None) -> dict[str, JSON]:
-    with QmpjobdTarget(python) as target:
+def run_on_qmpjobd(
+    scenario: Scenario, python: str | None = None, profile: str | None = None
+) -> dict[str, JSON]:
+    with QmpjobdTarget(python, profile=profile) as target:
         return run_scenario(scenario, target)
 
 
@@ -559,16 +595,79 @@ def golden_path(name: str, directory: Path = GOLDEN_DIR) -> Path:
     return directory / f"{name}.json"
 
 
-def load_golden(name: str, directory: Path = GOLDEN_DIR) -> dict[str, Any]:
-    with golden_path(name, directory).open(encoding="ascii") as f:
+def profile_golden_path(name: str, profile: str, directory: Path = GOLDEN_DIR) -> Path:
+    """Where a release's own transcript of a scenario is (shared one: base release)."""
+    if profile == BASE_PROFILE:
+        return golden_path(name, directory)
+    return golden_path(name, directory / profile)
+
+
+def find_golden(name: str, profile: str = BASE_PROFILE, directory: Path = GOLDEN_DIR) -> Path:
+    """The release's own transcript if it has one, else the shared one."""
+    own = profile_golden_path(name, profile, directory)
+    return own if own.is_file() else golden_path(name, directory)
+
+
+def load_golden(
+    name: str, directory: Path = GOLDEN_DIR, profile: str = BASE_PROFILE
+) -> dict[str, Any]:
+    """A release's transcript of a scenario: its own, or the shared one with
+    the release's major and minor version in every QEMU version object (the
+    greeting, ``query-version``)."""
+    path = find_golden(name, profile, directory)
+    if path == golden_path(name, directory):
+        return load_shared_golden(name, directory, profile)
+    with path.open(encoding="ascii") as f:
         data: dict[str, Any] = json.load(f)
     return data
+
+
+def load_shared_golden(
+    name: str, directory: Path = GOLDEN_DIR, profile: str = BASE_PROFILE
+) -> dict[str, Any]:
+    """The shared transcript as the release would show it (its version)."""
+    with golden_path(name, directory).open(encoding="ascii") as f:
+        data: dict[str, Any] = json.load(f)
+    if profile == BASE_PROFILE:
+        return data
+    major, minor = (int(part) for part in profile.split("."))
+    retarget: Any = _retarget(data, major, minor)
+    return dict(retarget)
+
+
+def _retarget(value: Any, major: int, minor: int) -> Any:
+    if isinstance(value, list):
+        return [_retarget(v, major, minor) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _retarget(v, major, minor) for k, v in value.items()}
+    qemu = out.get("qemu")
+    if (
+        set(out) == {"qemu", "package"}
+        and isinstance(qemu, dict)
+        and set(qemu) == {"micro", "minor", "major"}
+    ):
+        out["qemu"] = {**qemu, "major": major, "minor": minor}
+    return out
 
 
 def dump_golden(transcript: Mapping[str, JSON]) -> str:
     return json.dumps(transcript, indent=1, ensure_ascii=True) + "\n"
 
 
-def golden_names(directory: Path = GOLDEN_DIR) -> Iterator[str]:
-    for path in sorted(directory.glob("*.json")):
-        yield path.stem
+def golden_names(directory: Path = GOLDEN_DIR, profile: str | None = None) -> Iterator[str]:
+    """Scenario names with a transcript (shared, or the release's own), by name.
+
+    With a profile, only those that apply to it (a shared transcript of a
+    scenario limited to other releases does not).
+    """
+    paths = {p.stem: p for p in directory.glob("*.json")}
+    if profile is not None and profile != BASE_PROFILE:
+        paths.update({p.stem: p for p in (directory / profile).glob("*.json")})
+    for name in sorted(paths):
+        if profile is not None:
+            with paths[name].open(encoding="ascii") as f:
+                profiles = json.load(f).get("profiles", ())
+            if profiles and profile not in profiles:
+                continue
+        yield name

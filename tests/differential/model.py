@@ -177,7 +177,10 @@ class Scenario:
     ``same_events``: connections that must see exactly the same events.
     ``xfail_reason``: a known qmpjobd difference; replaying against qmpjobd is
     expected to fail (strictly) until it is fixed.  It describes qmpjobd, not
-    the recording, so it is not part of the JSON form.
+    the recording, so it is not part of the JSON form.  ``xfail_on``: the
+    profiles the xfail applies to (empty: all).
+    ``profiles``: the QEMU releases (``--qemu-version`` names) the scenario
+    applies to (empty: all); a command one release lacks is such a case.
     Scenarios of group ``jobs`` are compared as two sequences per
     connection (events, replies), because QEMU may send a job's events
     before or after a command's reply.
@@ -191,6 +194,14 @@ class Scenario:
     progress: bool = False
     same_events: tuple[int, ...] = ()
     xfail_reason: str = ""
+    xfail_on: tuple[str, ...] = ()
+    profiles: tuple[str, ...] = ()
+
+    def applies_to(self, profile: str) -> bool:
+        return not self.profiles or profile in self.profiles
+
+    def xfails_on(self, profile: str) -> bool:
+        return bool(self.xfail_reason) and (not self.xfail_on or profile in self.xfail_on)
 
     def to_json(self) -> dict[str, JSON]:
         out: dict[str, JSON] = {
@@ -203,6 +214,8 @@ class Scenario:
             out["progress"] = True
         if self.same_events:
             out["same_events"] = list(self.same_events)
+        if self.profiles:
+            out["profiles"] = list(self.profiles)
         out["steps"] = [s.to_json() for s in self.steps]
         return out
 
@@ -215,6 +228,7 @@ class Scenario:
             connections=int(obj.get("connections", 1)),
             progress=bool(obj.get("progress", False)),
             same_events=tuple(obj.get("same_events", ())),
+            profiles=tuple(obj.get("profiles", ())),
             steps=tuple(Step.from_json(s) for s in obj["steps"]),
         )
 

@@ -778,12 +778,16 @@ class Checker:
             for job in _section_jobs(section):
                 held[id(job)] += 1
         for job in app.jobs._jobs.values():
-            expected = (0 if job.started else 1) + int(job.user_paused) + held[id(job)]
+            # A mirror whose run is over keeps its source drained until it
+            # is finalized, as QEMU's does ("paused": true while pending).
+            source = int(bool(getattr(job.driver, "_source_drained", False)))
+            expected = (0 if job.started else 1) + int(job.user_paused) + held[id(job)] + source
             if job.pause_count != expected:
                 problems.append(
                     f"job {job.id} ({job.status.value}): pause count {job.pause_count}, but "
                     f"user pause {int(job.user_paused)} + drained sections {held[id(job)]} + "
-                    f"not started {0 if job.started else 1} = {expected}"
+                    f"not started {0 if job.started else 1} + mirror source drain {source}"
+                    f" = {expected}"
                 )
             if job.status in (JobStatus.PAUSED, JobStatus.STANDBY):
                 if job.pause_count <= 0:
@@ -857,7 +861,8 @@ class Checker:
         if sections:
             problems.append(f"{len(sections)} drained sections left open with nothing in flight")
         for job in self.app.jobs._jobs.values():
-            if job.started and job.pause_count > 0 and not job.user_paused:
+            source = bool(getattr(job.driver, "_source_drained", False))
+            if job.started and job.pause_count > int(source) and not job.user_paused:
                 problems.append(
                     f"job {job.id} is paused (count {job.pause_count}, status "
                     f"{job.status.value}) without a user pause or an open drain"
@@ -1246,8 +1251,11 @@ class Interleaving:
                 job = self.app.jobs.get(info["device"])
                 if job is None:
                     continue  # it ended (a pause request does not stop a run that is ending)
+                # A mirror's source stays drained until it is finalized:
+                # QEMU reports such a pending mirror as paused too.
+                drained = info["status"] == "pending" and info["type"] == "mirror"
                 if (info["paused"] or info["status"] in ("paused", "standby")) and not (
-                    job.user_paused
+                    job.user_paused or drained
                 ):
                     problems.append(f"query-block-jobs shows a job paused by nobody: {info}")
             if problems:

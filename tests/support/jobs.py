@@ -18,7 +18,16 @@ from typing import Any
 from qmpjobd.blockjobs import BLOCK_JOB_TYPES, BlockJobEvents
 from qmpjobd.clock import ManualClock
 from qmpjobd.events import Event, EventBus
-from qmpjobd.jobs import Job, JobDriver, JobFailure, JobManager, JobStatus, JobType
+from qmpjobd.jobs import (
+    QEMU_7_2_TABLES,
+    Job,
+    JobDriver,
+    JobFailure,
+    JobManager,
+    JobStatus,
+    JobTables,
+    JobType,
+)
 
 BLOCKED = frozenset({"want", "parked", "sleeping", "done"})
 
@@ -270,12 +279,12 @@ class Harness:
         return job, drv
 
 
-def make_harness() -> Harness:
+def make_harness(tables: JobTables = QEMU_7_2_TABLES) -> Harness:
     clock = ManualClock()
     bus = EventBus(clock)
     rec = Recorder()
     bus.subscribe(rec)
-    mgr = JobManager(bus, clock)
+    mgr = JobManager(bus, clock, tables)
     mgr.add_listener(BlockJobEvents(bus))
     return Harness(clock, bus, mgr, rec)
 

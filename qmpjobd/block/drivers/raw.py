@@ -22,6 +22,7 @@ class RawNode(BlockNode):
     """``raw``."""
 
     driver = "raw"
+    open_sections_per_child = 3
 
     def __init__(self, opening: Opening) -> None:
         super().__init__(opening)
