@@ -26,7 +26,7 @@ from ..block.drivers.qcow2 import Qcow2Node
 from ..clock import Clock
 from ..jobs import Job, JobFailure, JobType
 from .copy import Cancelled, Copier
-from .drivers import IDLE_SECONDS, BlockJobDriver, MirrorDriver
+from .drivers import BlockJobDriver, MirrorDriver
 from .policy import OnError
 from .stream import MERGE_LIMIT, allocated_above, chunk_with_policy
 
@@ -194,19 +194,8 @@ class LayersMirrorDriver(MirrorDriver):
                     return
             if not await self._copy_dirty(job, copier) or not await copier.flush():
                 return
-            await job.hold_point("ready")
-            job.transition_to_ready()
-            while not (job.should_complete or job.cancel_requested):
-                if self.dirty:
-                    if not await self._copy_dirty(job, copier):
-                        return
-                    continue
-                await job.sleep(IDLE_SECONDS)
-                if job.is_cancelled:
-                    return
-            if not await self._copy_dirty(job, copier):
+            if not await self._in_sync(job, copier):
                 return
-            self._tracking = False
             await copier.flush()
         except Cancelled:
             return

@@ -276,6 +276,27 @@ class MirrorDriver(BlockJobDriver):
                 return False
         return True
 
+    async def _in_sync(self, job: Job, copier: Copier) -> bool:
+        """READY, then keep the target in sync until completed or cancelled;
+        False when the job must stop at once (a force cancel)."""
+        await job.hold_point("ready")
+        job.transition_to_ready()
+        self._pass()
+        while not (job.should_complete or job.cancel_requested):
+            if self.dirty:
+                if not await self._copy_dirty(job, copier):
+                    return False
+                continue
+            await job.sleep(IDLE_SECONDS)
+            if job.is_cancelled:
+                return False
+            self._pass()
+        # Converge: what guests wrote until now reaches the target.
+        if not await self._copy_dirty(job, copier):
+            return False
+        self._tracking = False
+        return True
+
     async def run(self, job: Job) -> None:
         size = self.source.size
         if self.target.size != size:
@@ -298,22 +319,8 @@ class MirrorDriver(BlockJobDriver):
                     return
                 if not await copier.flush():
                     return
-            await job.hold_point("ready")
-            job.transition_to_ready()
-            self._pass()
-            while not (job.should_complete or job.cancel_requested):
-                if self.dirty:
-                    if not await self._copy_dirty(job, copier):
-                        return
-                    continue
-                await job.sleep(IDLE_SECONDS)
-                if job.is_cancelled:
-                    return
-                self._pass()
-            # Converge: what guests wrote until now reaches the target.
-            if not await self._copy_dirty(job, copier):
+            if not await self._in_sync(job, copier):
                 return
-            self._tracking = False
             await copier.flush()
         finally:
             copier.close()
