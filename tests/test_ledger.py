@@ -483,3 +483,46 @@ def test_the_change_log_is_replayed_and_a_torn_record_dropped(
     for fd in (first._log_fd, first._lock_fd):
         assert fd is not None
         os.close(fd)
+
+
+def _rows(db: Any) -> list[tuple[int, int, int]]:
+    return list(db.db.execute("SELECT first_ts, last_ts, count FROM events ORDER BY last_ts"))
+
+
+def test_retention_after_an_apply_drops_whole_rows_and_a_read_is_exact(tmp_path: Path) -> None:
+    """After an apply the count limit drops whole rows only (read by their
+    counts, none decoded), leaving at most one row over; a read trims exactly,
+    cutting a row; the next trim counts what is left of the cut row."""
+    from qmpjobd.ledger.store import _Database
+
+    tmp_path.mkdir(exist_ok=True)
+    db = _Database(tmp_path / "ledger.sqlite3", 10, 3600.0)
+    seq = 0
+
+    def apply(stamps: range) -> None:
+        nonlocal seq
+        seq += 1
+        text = "[" + ",".join(f'[{t},"E",{{}}]' for t in stamps) + "]"
+        db.apply([[seq, [], [], [], [], text, stamps[0], stamps[-1], len(stamps)]])
+
+    for first in range(1, 21, 4):  # five rows of four events: 1-4, ..., 17-20
+        apply(range(first, first + 4))
+    now = 1_000_000_000
+    db.prune(now)
+    assert (db.horizon, db.event_count) == (8, 12)
+    assert _rows(db) == [(9, 12, 4), (13, 16, 4), (17, 20, 4)]
+    db.prune(now, exact=True)
+    assert (db.horizon, db.event_count) == (10, 10)
+    assert [e.timestamp[1] for e in db.events_after(0)] == list(range(11, 21))
+    apply(range(21, 25))
+    db.prune(now)  # 14 events: the two left of the cut row go, not the next row
+    assert (db.horizon, db.event_count) == (12, 12)
+    assert _rows(db) == [(13, 16, 4), (17, 20, 4), (21, 24, 4)]
+    # Age: after an apply, only rows wholly older than the limit.
+    db.max_events = 100
+    db.age_due = True
+    db.prune(3600 * 1_000_000 + 18)
+    assert (db.horizon, db.event_count) == (16, 8)
+    db.prune(3600 * 1_000_000 + 18, exact=True)
+    assert (db.horizon, db.event_count) == (17, 7)
+    db.close()

@@ -264,23 +264,36 @@ class _Database:
     def prune(self, now: int, *, exact: bool = False) -> None:
         """Drop journaled events beyond the count and the age.
 
-        After an apply, the count is trimmed by tenths and the age once a
-        second; before a read, both exactly. The horizon (the newest dropped
-        timestamp) is exact; rows wholly at or below it are deleted, a row it
-        cuts is filtered when read.
+        Before a read, both limits apply exactly: the horizon (the newest
+        dropped timestamp) may cut a row, which is then filtered when read.
+        After an apply, only whole rows go, found by their counts and
+        timestamps without decoding any (the writer thread holds the GIL
+        while it decodes): the count is trimmed once it is a tenth over,
+        down to at most one row over the limit; the age, once a second.
         """
         db = self.db
         horizon = self.horizon
         excess = self.event_count - self.max_events
-        if excess >= (1 if exact else max(1, self.max_events // 10)):
-            horizon = _nth_after(db, horizon, excess)
+        if exact:
+            if excess >= 1:
+                horizon = _nth_after(db, horizon, excess)
+        elif excess >= max(1, self.max_events // 10):
+            horizon = _whole_rows_after(db, horizon, excess)
         if exact or self.age_due:
             self.age_due = False
             cutoff = now - int(self.max_age * 1e6)
             if cutoff > horizon:
-                older = list(_timestamps_after(db, horizon, below=cutoff))
-                if older:
-                    horizon = older[-1]
+                if exact:
+                    older = list(_timestamps_after(db, horizon, below=cutoff))
+                    if older:
+                        horizon = older[-1]
+                else:
+                    row = db.execute(
+                        "SELECT MAX(last_ts) FROM events WHERE last_ts > ? AND last_ts < ?",
+                        (horizon, cutoff),
+                    ).fetchone()[0]
+                    if row is not None:
+                        horizon = int(row)
         if horizon <= self.horizon:
             return
         try:
@@ -685,6 +698,26 @@ def _nth_after(db: sqlite3.Connection, after: int, n: int) -> int:
             continue
         return int(stamps[n - 1])
     return after
+
+
+def _whole_rows_after(db: sqlite3.Connection, after: int, n: int) -> int:
+    """The newest ``last_ts`` of the oldest rows after ``after`` that hold at
+    most ``n`` events between them (``after`` if the first row holds more).
+    Rows are read by their counts; only a row the horizon cuts (after an
+    exact trim) is decoded."""
+    horizon = after
+    rows = db.execute(
+        "SELECT first_ts, last_ts, count FROM events WHERE last_ts > ? ORDER BY last_ts", (after,)
+    )
+    for first_ts, last_ts, count in rows:
+        if first_ts <= after:
+            (data,) = db.execute("SELECT data FROM events WHERE last_ts = ?", (last_ts,)).fetchone()
+            count = sum(1 for ts, *_ in json.loads(data) if ts > after)
+        if count > n:
+            break
+        n -= count
+        horizon = last_ts
+    return int(horizon)
 
 
 def _count_after(db: sqlite3.Connection, after: int) -> int:
