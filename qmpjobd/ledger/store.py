@@ -630,19 +630,24 @@ class Ledger:
         )
 
     def _apply_queued(self) -> str | None:
-        """(Writer thread.) Apply every queued batch; the failure's reason, if any."""
+        """(Writer thread.) Apply the batches queued so far, in one transaction;
+        the failure's reason, if any.
+
+        One round only: what the loop logs meanwhile waits for the next round
+        (:data:`APPLY_DELAY` later), so that under a steady load the thread
+        applies large transactions instead of chasing every commit.
+        """
         db = self._db
         queue = self._queue
-        if db is None:
+        if db is None or not queue:
             return None
-        while queue:
-            batches = [queue.popleft() for _ in range(len(queue))]
-            try:
-                db.apply(batches)
-            except sqlite3.Error as exc:
-                queue.extendleft(reversed(batches))
-                return _reason(exc)
-            db.prune(_us(self._now()))
+        batches = [queue.popleft() for _ in range(len(queue))]
+        try:
+            db.apply(batches)
+        except sqlite3.Error as exc:
+            queue.extendleft(reversed(batches))
+            return _reason(exc)
+        db.prune(_us(self._now()))
         return None
 
     def _applied(self, future: Future[str | None]) -> None:
