@@ -526,3 +526,23 @@ def test_retention_after_an_apply_drops_whole_rows_and_a_read_is_exact(tmp_path:
     db.prune(3600 * 1_000_000 + 18, exact=True)
     assert (db.horizon, db.event_count) == (17, 7)
     db.close()
+
+
+def test_an_apply_of_many_jobs_and_nodes_writes_them_in_chunks(tmp_path: Path) -> None:
+    """More rows than one statement takes: every one is written, updated or
+    deleted, in the order kept by their sequence numbers."""
+    from qmpjobd.jobs import JobRecord
+    from qmpjobd.ledger.store import ROWS_PER_STATEMENT, _Database
+
+    n = ROWS_PER_STATEMENT * 2 + 5
+    db = _Database(tmp_path / "ledger.sqlite3", 100, 3600.0)
+    records = [JobRecord(f"j{i}", "backup", "running", i, n, nodes=("a", "b")) for i in range(n)]
+    nodes = [[f"n{i}", {"driver": "null-co", "node-name": f"n{i}"}] for i in range(n)]
+    db.apply([[1, records, [], nodes, [], "[]", 0, 0, 0]])
+    done = [r._replace(status="concluded") for r in records[::2]]
+    gone = [r.id for r in records[1::2]]
+    db.apply([[2, done, gone, [], [name for name, _ in nodes[5:]], "[]", 0, 0, 0]])
+    snapshot = db.snapshot()
+    assert snapshot.jobs == done
+    assert snapshot.nodes == [(name, options) for name, options in nodes[:5]]
+    db.close()

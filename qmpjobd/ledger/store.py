@@ -80,13 +80,19 @@ _JOB_COLUMNS = (
     "id, type, status, current_progress, total_progress, speed, error, ret, "
     "auto_finalize, auto_dismiss, io_status, paused, nodes"
 )
-_PUT_JOB = (
-    f"INSERT INTO jobs(seq, {_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+_JOB_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_PUT_JOBS = (
+    f"INSERT INTO jobs(seq, {_JOB_COLUMNS}) VALUES {{}} "
     "ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
     "current_progress = excluded.current_progress, total_progress = excluded.total_progress, "
     "speed = excluded.speed, error = excluded.error, ret = excluded.ret, "
     "io_status = excluded.io_status, paused = excluded.paused, nodes = excluded.nodes"
 )
+#: Rows per statement when many rows change at once: one call into SQLite
+#: for them, not one per row (each call gives up the GIL and takes it back,
+#: and taking it back from a busy event loop stalls the loop). 64 rows of 14
+#: values stay within the oldest SQLite's 999 parameters.
+ROWS_PER_STATEMENT = 64
 
 #: One commit, as logged and applied:
 #: [seq, job rows, deleted job ids, [node name, options] pairs, deleted node
@@ -242,7 +248,7 @@ class _Database:
         try:
             gone = [(k,) for k, v in nodes.items() if v is None]
             if gone:
-                db.executemany("DELETE FROM nodes WHERE name = ?", gone)
+                _execute_rows(db, "DELETE FROM nodes WHERE name IN ({})", "?", gone)
             for name, options in nodes.items():
                 if options is not None:
                     seq += 1
@@ -255,14 +261,14 @@ class _Database:
             present = self.job_ids
             gone = [(k,) for k, v in jobs.items() if v is None and k in present]
             if gone:
-                db.executemany("DELETE FROM jobs WHERE id = ?", gone)
+                _execute_rows(db, "DELETE FROM jobs WHERE id IN ({})", "?", gone)
             rows = []
             for row in jobs.values():
                 if row is not None:
                     seq += 1
                     rows.append((seq, *row[:-1], ",".join(row[-1])))
             if rows:
-                db.executemany(_PUT_JOB, rows)
+                _execute_rows(db, _PUT_JOBS, _JOB_VALUES, rows)
             if events:
                 db.execute(
                     "INSERT INTO events(last_ts, first_ts, count, data) VALUES (?, ?, ?, ?)",
@@ -297,11 +303,14 @@ class _Database:
         db = self.db
         horizon = self.horizon
         excess = self.event_count - self.max_events
+        #: how many events are left after the horizon (None: count them)
+        left: int | None = None
         if exact:
             if excess >= 1:
                 horizon = _nth_after(db, horizon, excess)
         elif excess >= max(1, self.max_events // 10):
-            horizon = _whole_rows_after(db, horizon, excess)
+            horizon, dropped = _whole_rows_after(db, horizon, excess)
+            left = self.event_count - dropped
         if exact or self.age_due:
             self.age_due = False
             cutoff = now - int(self.max_age * 1e6)
@@ -315,8 +324,8 @@ class _Database:
                         "SELECT MAX(last_ts) FROM events WHERE last_ts > ? AND last_ts < ?",
                         (horizon, cutoff),
                     ).fetchone()[0]
-                    if row is not None:
-                        horizon = int(row)
+                    if row is not None and row > horizon:
+                        horizon, left = int(row), None
         if horizon <= self.horizon:
             return
         try:
@@ -330,7 +339,7 @@ class _Database:
             log.warning("state directory: cannot trim the journal: %s", _reason(exc))
             return
         self.horizon = horizon
-        self.event_count = _count_after(db, horizon)
+        self.event_count = _count_after(db, horizon) if left is None else left
 
     def events_after(self, cursor: int) -> list[Event]:
         cursor = max(cursor, self.horizon)
@@ -738,12 +747,13 @@ def _nth_after(db: sqlite3.Connection, after: int, n: int) -> int:
     return after
 
 
-def _whole_rows_after(db: sqlite3.Connection, after: int, n: int) -> int:
+def _whole_rows_after(db: sqlite3.Connection, after: int, n: int) -> tuple[int, int]:
     """The newest ``last_ts`` of the oldest rows after ``after`` that hold at
-    most ``n`` events between them (``after`` if the first row holds more).
-    Rows are read by their counts; only a row the horizon cuts (after an
-    exact trim) is decoded."""
+    most ``n`` events between them (``after`` if the first row holds more),
+    and how many events after ``after`` they hold. Rows are read by their
+    counts; only a row the horizon cuts (after an exact trim) is decoded."""
     horizon = after
+    dropped = 0
     rows = db.execute(
         "SELECT first_ts, last_ts, count FROM events WHERE last_ts > ? ORDER BY last_ts", (after,)
     )
@@ -754,8 +764,19 @@ def _whole_rows_after(db: sqlite3.Connection, after: int, n: int) -> int:
         if count > n:
             break
         n -= count
+        dropped += count
         horizon = last_ts
-    return int(horizon)
+    return int(horizon), dropped
+
+
+def _execute_rows(
+    db: sqlite3.Connection, sql: str, values: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """``sql`` with its ``{}`` filled by ``values`` once per row, for every
+    :data:`ROWS_PER_STATEMENT` rows (an ``executemany`` in a few calls)."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        db.execute(sql.format(", ".join([values] * len(chunk))), [v for r in chunk for v in r])
 
 
 def _count_after(db: sqlite3.Connection, after: int) -> int:
