@@ -188,6 +188,11 @@ class _Database:
             db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0],
         )
         self.event_count = _count_after(db, self.horizon)
+        #: (first_ts, last_ts, count) of every journal row, oldest first: the
+        #: trims after an apply read no row
+        self.rows: deque[tuple[int, int, int]] = deque(
+            db.execute("SELECT first_ts, last_ts, count FROM events ORDER BY last_ts")
+        )
         self.age_due = True
         #: the ids the jobs table holds
         self.job_ids: set[str] = {row[0] for row in db.execute("SELECT id FROM jobs")}
@@ -284,6 +289,8 @@ class _Database:
         self.seq = seq
         self.applied = applied
         self.event_count += count
+        if count:
+            self.rows.append((first, last, count))
         for job_id, row in jobs.items():
             if row is None:
                 present.discard(job_id)
@@ -309,7 +316,7 @@ class _Database:
             if excess >= 1:
                 horizon = _nth_after(db, horizon, excess)
         elif excess >= max(1, self.max_events // 10):
-            horizon, dropped = _whole_rows_after(db, horizon, excess)
+            horizon, dropped = self._whole_rows_after(excess)
             left = self.event_count - dropped
         if exact or self.age_due:
             self.age_due = False
@@ -320,12 +327,9 @@ class _Database:
                     if older:
                         horizon = older[-1]
                 else:
-                    row = db.execute(
-                        "SELECT MAX(last_ts) FROM events WHERE last_ts > ? AND last_ts < ?",
-                        (horizon, cutoff),
-                    ).fetchone()[0]
-                    if row is not None and row > horizon:
-                        horizon, left = int(row), None
+                    older = [last for _, last, _ in self.rows if horizon < last < cutoff]
+                    if older:
+                        horizon, left = older[-1], None
         if horizon <= self.horizon:
             return
         try:
@@ -340,6 +344,32 @@ class _Database:
             return
         self.horizon = horizon
         self.event_count = _count_after(db, horizon) if left is None else left
+        rows = self.rows
+        while rows and rows[0][1] <= horizon:
+            rows.popleft()
+
+    def _whole_rows_after(self, n: int) -> tuple[int, int]:
+        """The newest ``last_ts`` of the oldest rows after the horizon that
+        hold at most ``n`` events between them (the horizon if the first row
+        holds more), and how many events after the horizon they hold. Rows
+        are read from :attr:`rows`; only a row the horizon cuts (after an
+        exact trim) is decoded."""
+        after = horizon = self.horizon
+        dropped = 0
+        for first_ts, last_ts, count in self.rows:
+            if last_ts <= after:
+                continue
+            if first_ts <= after:
+                (data,) = self.db.execute(
+                    "SELECT data FROM events WHERE last_ts = ?", (last_ts,)
+                ).fetchone()
+                count = sum(1 for ts, *_ in json.loads(data) if ts > after)
+            if count > n:
+                break
+            n -= count
+            dropped += count
+            horizon = last_ts
+        return horizon, dropped
 
     def events_after(self, cursor: int) -> list[Event]:
         cursor = max(cursor, self.horizon)
@@ -745,28 +775,6 @@ def _nth_after(db: sqlite3.Connection, after: int, n: int) -> int:
             continue
         return int(stamps[n - 1])
     return after
-
-
-def _whole_rows_after(db: sqlite3.Connection, after: int, n: int) -> tuple[int, int]:
-    """The newest ``last_ts`` of the oldest rows after ``after`` that hold at
-    most ``n`` events between them (``after`` if the first row holds more),
-    and how many events after ``after`` they hold. Rows are read by their
-    counts; only a row the horizon cuts (after an exact trim) is decoded."""
-    horizon = after
-    dropped = 0
-    rows = db.execute(
-        "SELECT first_ts, last_ts, count FROM events WHERE last_ts > ? ORDER BY last_ts", (after,)
-    )
-    for first_ts, last_ts, count in rows:
-        if first_ts <= after:
-            (data,) = db.execute("SELECT data FROM events WHERE last_ts = ?", (last_ts,)).fetchone()
-            count = sum(1 for ts, *_ in json.loads(data) if ts > after)
-        if count > n:
-            break
-        n -= count
-        dropped += count
-        horizon = last_ts
-    return int(horizon), dropped
 
 
 def _execute_rows(
