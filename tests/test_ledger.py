@@ -483,3 +483,66 @@ def test_the_change_log_is_replayed_and_a_torn_record_dropped(
     for fd in (first._log_fd, first._lock_fd):
         assert fd is not None
         os.close(fd)
+
+
+def _rows(db: Any) -> list[tuple[int, int, int]]:
+    return list(db.db.execute("SELECT first_ts, last_ts, count FROM events ORDER BY last_ts"))
+
+
+def test_retention_after_an_apply_drops_whole_rows_and_a_read_is_exact(tmp_path: Path) -> None:
+    """After an apply the count limit drops whole rows only (read by their
+    counts, none decoded), leaving at most one row over; a read trims exactly,
+    cutting a row; the next trim counts what is left of the cut row."""
+    from qmpjobd.ledger.store import _Database
+
+    tmp_path.mkdir(exist_ok=True)
+    db = _Database(tmp_path / "ledger.sqlite3", 10, 3600.0)
+    seq = 0
+
+    def apply(stamps: range) -> None:
+        nonlocal seq
+        seq += 1
+        text = "[" + ",".join(f'[{t},"E",{{}}]' for t in stamps) + "]"
+        db.apply([[seq, [], [], [], [], text, stamps[0], stamps[-1], len(stamps)]])
+
+    for first in range(1, 21, 4):  # five rows of four events: 1-4, ..., 17-20
+        apply(range(first, first + 4))
+    now = 1_000_000_000
+    db.prune(now)
+    assert (db.horizon, db.event_count) == (8, 12)
+    assert _rows(db) == [(9, 12, 4), (13, 16, 4), (17, 20, 4)]
+    db.prune(now, exact=True)
+    assert (db.horizon, db.event_count) == (10, 10)
+    assert [e.timestamp[1] for e in db.events_after(0)] == list(range(11, 21))
+    apply(range(21, 25))
+    db.prune(now)  # 14 events: the two left of the cut row go, not the next row
+    assert (db.horizon, db.event_count) == (12, 12)
+    assert _rows(db) == [(13, 16, 4), (17, 20, 4), (21, 24, 4)]
+    # Age: after an apply, only rows wholly older than the limit.
+    db.max_events = 100
+    db.age_due = True
+    db.prune(3600 * 1_000_000 + 18)
+    assert (db.horizon, db.event_count) == (16, 8)
+    db.prune(3600 * 1_000_000 + 18, exact=True)
+    assert (db.horizon, db.event_count) == (17, 7)
+    db.close()
+
+
+def test_an_apply_of_many_jobs_and_nodes_writes_them_in_chunks(tmp_path: Path) -> None:
+    """More rows than one statement takes: every one is written, updated or
+    deleted, in the order kept by their sequence numbers."""
+    from qmpjobd.jobs import JobRecord
+    from qmpjobd.ledger.store import ROWS_PER_STATEMENT, _Database
+
+    n = ROWS_PER_STATEMENT * 2 + 5
+    db = _Database(tmp_path / "ledger.sqlite3", 100, 3600.0)
+    records = [JobRecord(f"j{i}", "backup", "running", i, n, nodes=("a", "b")) for i in range(n)]
+    nodes = [[f"n{i}", {"driver": "null-co", "node-name": f"n{i}"}] for i in range(n)]
+    db.apply([[1, records, [], nodes, [], "[]", 0, 0, 0]])
+    done = [r._replace(status="concluded") for r in records[::2]]
+    gone = [r.id for r in records[1::2]]
+    db.apply([[2, done, gone, [], [name for name, _ in nodes[5:]], "[]", 0, 0, 0]])
+    snapshot = db.snapshot()
+    assert snapshot.jobs == done
+    assert snapshot.nodes == [(name, options) for name, options in nodes[:5]]
+    db.close()
