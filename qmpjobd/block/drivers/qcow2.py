@@ -139,6 +139,8 @@ class Qcow2Node(BlockNode):
             child.unlock_image()
             raise
         try:
+            if options.get("discard-no-unref") and image.version < 3:
+                raise QMPError("discard-no-unref is only supported since qcow2 version 3")
             implicit = False
             ref = options.get("backing", _MISSING)
             try:
