@@ -13,8 +13,6 @@ otherwise, capabilities negotiation) steps.
 
 from __future__ import annotations
 
-import dataclasses
-
 from .model import (
     GROUP_PROTOCOL,
     JSON,
