@@ -101,6 +101,11 @@ class JobDriver:
     #: Block graph sections QEMU opens when it frees the job (after NULL).
     free_sections = 0
 
+    def release_nodes(self, job: Job) -> None:
+        """Let go of the nodes the job took as its own, right after ``clean``
+        (QEMU does so when it frees the job: the graph sections of nodes
+        that close then count with :attr:`free_sections`)."""
+
     def finalize_sections(self, job: Job) -> int:
         """Block graph sections QEMU opens finalizing the job (its abort or
         commit and clean), before the completion event."""

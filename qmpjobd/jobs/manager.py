@@ -19,7 +19,7 @@ import errno as _errno
 import functools
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..clock import Clock, VirtualClock
@@ -154,6 +154,9 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._tasks: dict[Job, asyncio.Task[None]] = {}
         self._drain_sections: list[_DrainSection] = []
+        #: Graph sections held back until a job is freed (see graph_changes_at_free).
+        self._at_free: dict[Job, int] = {}
+        self._deferring: Job | None = None
         self._change: asyncio.Future[None] | None = None
         self._listeners: tuple[JobListener, ...] = ()
         #: An extension that holds jobs at their yield points (None: never).
@@ -195,15 +198,27 @@ class JobManager:
         From QEMU 8.x on, each such section drains every node: every running
         job goes ``paused`` and back to ``running``, every READY job
         ``standby`` and back to ``ready``, whatever nodes it uses, once per
-        section. The job is not stopped for it: it cannot notice.
+        section. The job is not stopped for it: it cannot notice. A job that
+        changes the graph from its own run (a blockdev-create opening and
+        closing its image) is not paused by its own sections: it reaches no
+        pause point inside them.
         """
-        if not self._drain_all:
+        if not self._drain_all or sections <= 0:
             return
+        if self._deferring is not None:
+            self._at_free[self._deferring] = self._at_free.get(self._deferring, 0) + sections
+            return
+        try:
+            current = asyncio.current_task()
+        except RuntimeError:
+            current = None
         for _ in range(sections):
             moving = [
                 job
                 for job in self._jobs.values()
-                if job.status in (JobStatus.RUNNING, JobStatus.READY) and not job.run_over
+                if job.status in (JobStatus.RUNNING, JobStatus.READY)
+                and not job.run_over
+                and (current is None or self._tasks.get(job) is not current)
             ]
             for job in moving:
                 paused = JobStatus.PAUSED if job.status is JobStatus.RUNNING else JobStatus.STANDBY
@@ -211,6 +226,20 @@ class JobManager:
             for job in moving:
                 back = JobStatus.RUNNING if job.status is JobStatus.PAUSED else JobStatus.READY
                 set_status(job, back)
+
+    @contextlib.contextmanager
+    def graph_changes_at_free(self, job: Job) -> Iterator[None]:
+        """Graph changes made inside count when ``job`` is freed instead
+        (TxnHost: a job's nodes close when QEMU frees the job)."""
+        outer, self._deferring = self._deferring, job
+        try:
+            yield
+        finally:
+            self._deferring = outer
+
+    def take_changes_at_free(self, job: Job) -> int:
+        """The sections held back for ``job`` (TxnHost), once."""
+        return self._at_free.pop(job, 0)
 
     def _job_activity(self) -> None:
         change, self._change = self._change, None
