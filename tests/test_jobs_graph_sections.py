@@ -61,14 +61,3 @@ async def test_a_job_is_not_paused_by_its_own_sections(h: Harness) -> None:
         "c1:null",
         *pair,  # the job's node closes when it is freed
     ]
-
-
-async def test_sections_held_back_count_once(h: Harness) -> None:
-    await h.running_job("j1", ScriptedDriver())
-    h.rec.take()
-    marker = h.mgr.create("k1", ScriptedDriver())
-    with h.mgr.graph_changes_at_free(marker):
-        h.mgr.graph_changed(3)
-    assert h.rec.take() == ["k1:created"]
-    assert h.mgr.take_changes_at_free(marker) == 3
-    assert h.mgr.take_changes_at_free(marker) == 0

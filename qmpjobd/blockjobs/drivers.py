@@ -62,8 +62,8 @@ class BlockJobDriver(JobDriver):
         self._releases.append(release)
 
     def hold_node(self, release: Callable[[], None]) -> None:
-        """Keep a reference to a node the job takes as its own (QEMU's
-        block_job_add_bdrv) until :meth:`release_nodes`."""
+        """Keep a node the job takes as its own (QEMU's block_job_add_bdrv:
+        a reference, a blocker) until the job is freed (:meth:`release_nodes`)."""
         self._node_releases.append(release)
 
     def release_all(self) -> None:

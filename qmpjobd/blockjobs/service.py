@@ -645,10 +645,10 @@ class BlockJobService:
             raise
         self.jobs.graph_changed(_STREAM_SECTIONS_AFTER_CREATE)
         driver.hold_node(self.graph.reference(top).release)
-        driver.hold(top.block_job("stream").release)
+        driver.hold_node(top.block_job("stream").release)
         for layer in layers:
             driver.hold_node(self.graph.reference(layer).release)
-            driver.hold(layer.block_job("stream").release)
+            driver.hold_node(layer.block_job("stream").release)
         self._mark(self._filtered, top, driver)
         self.jobs.start(job)
 
@@ -766,7 +766,7 @@ class BlockJobService:
     def _hold_commit(self, driver: BlockJobDriver, nodes: list[BlockNode]) -> None:
         for node in nodes:
             driver.hold_node(self.graph.reference(node).release)
-            driver.hold(node.block_job("commit").release)
+            driver.hold_node(node.block_job("commit").release)
 
     def _node_only(self, name: str) -> BlockNode:
         node = self.graph.get(name)

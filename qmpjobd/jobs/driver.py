@@ -102,9 +102,8 @@ class JobDriver:
     free_sections = 0
 
     def release_nodes(self, job: Job) -> None:
-        """Let go of the nodes the job took as its own, right after ``clean``
-        (QEMU does so when it frees the job: the graph sections of nodes
-        that close then count with :attr:`free_sections`)."""
+        """Let go of what the job took as its own for its whole life (the
+        nodes a block job holds): when the job is freed, right after NULL."""
 
     def finalize_sections(self, job: Job) -> int:
         """Block graph sections QEMU opens finalizing the job (its abort or

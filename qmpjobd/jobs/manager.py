@@ -19,7 +19,7 @@ import errno as _errno
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..clock import Clock, VirtualClock
@@ -154,9 +154,6 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._tasks: dict[Job, asyncio.Task[None]] = {}
         self._drain_sections: list[_DrainSection] = []
-        #: Graph sections held back until a job is freed (see graph_changes_at_free).
-        self._at_free: dict[Job, int] = {}
-        self._deferring: Job | None = None
         self._change: asyncio.Future[None] | None = None
         self._listeners: tuple[JobListener, ...] = ()
         #: An extension that holds jobs at their yield points (None: never).
@@ -205,9 +202,6 @@ class JobManager:
         """
         if not self._drain_all or sections <= 0:
             return
-        if self._deferring is not None:
-            self._at_free[self._deferring] = self._at_free.get(self._deferring, 0) + sections
-            return
         try:
             current = asyncio.current_task()
         except RuntimeError:
@@ -226,20 +220,6 @@ class JobManager:
             for job in moving:
                 back = JobStatus.RUNNING if job.status is JobStatus.PAUSED else JobStatus.READY
                 set_status(job, back)
-
-    @contextlib.contextmanager
-    def graph_changes_at_free(self, job: Job) -> Iterator[None]:
-        """Graph changes made inside count when ``job`` is freed instead
-        (TxnHost: a job's nodes close when QEMU frees the job)."""
-        outer, self._deferring = self._deferring, job
-        try:
-            yield
-        finally:
-            self._deferring = outer
-
-    def take_changes_at_free(self, job: Job) -> int:
-        """The sections held back for ``job`` (TxnHost), once."""
-        return self._at_free.pop(job, 0)
 
     def _job_activity(self) -> None:
         change, self._change = self._change, None

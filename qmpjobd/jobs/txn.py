@@ -62,10 +62,6 @@ class TxnHost(Protocol):
 
     def graph_changed(self, sections: int = 1) -> None: ...
 
-    def graph_changes_at_free(self, job: Job) -> contextlib.AbstractContextManager[None]: ...
-
-    def take_changes_at_free(self, job: Job) -> int: ...
-
     #: A failed transaction lets every member's run end before it finalizes
     #: any (QEMU 8.x+: finalizing drains every node, which runs them).
     finish_runs_before_abort: bool
@@ -146,10 +142,6 @@ def _finalize_single(host: TxnHost, job: Job) -> None:
         else:
             driver.abort(job)
         driver.clean(job)
-        # QEMU lets go of the nodes a job took as its own when it frees the
-        # job (after NULL): the sections of the nodes that then close come there.
-        with host.graph_changes_at_free(job):
-            driver.release_nodes(job)
     except Exception:
         log.exception("job %r: finalization hook failed", job.id)
     if job.started:
@@ -170,9 +162,11 @@ def dismiss(job: Job, host: TxnHost) -> None:
     with contextlib.suppress(ValueError):
         job.txn.jobs.remove(job)
     set_status(job, JobStatus.NULL)
-    at_free = host.take_changes_at_free(job)
+    # QEMU lets go of the nodes a job took as its own when it frees it: they
+    # stay busy until then, and those that close then do so after NULL.
+    job.driver.release_nodes(job)
     if job.started:
-        host.graph_changed(job.driver.free_sections + at_free)
+        host.graph_changed(job.driver.free_sections)
 
 
 def _completed_now(job: Job) -> bool:
