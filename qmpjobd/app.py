@@ -111,7 +111,9 @@ class App:
         )
         self.jobs.add_listener(BlockJobEvents(self.bus))
         self.graph = BlockGraph(
-            allow_paths=list(config.allow_paths) or None, show_active=self.profile.node_active
+            allow_paths=list(config.allow_paths) or None,
+            show_active=self.profile.node_active,
+            protocol_info=self.profile.protocol_format_specific,
         )
         self.graph.on_change = self.jobs.graph_changed
         self.blockjobs = BlockJobService(

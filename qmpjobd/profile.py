@@ -42,6 +42,9 @@ class Profile:
     mirror_actively_synced: bool = False
     #: query-named-block-nodes: every node has ``active`` (10.0).
     node_active: bool = False
+    #: query-named-block-nodes: a ``file`` node's image has ``format-specific``
+    #: (8.0's ImageInfoSpecificFile).
+    protocol_format_specific: bool = False
     #: transaction: the jobs start in reverse action order (8.1's generic
     #: Transaction API runs its commit list last-in first-out).
     txn_start_reversed: bool = False
@@ -73,6 +76,7 @@ QEMU_10_0: Final = Profile(
     schema_overlay="10.0",
     mirror_actively_synced=True,
     node_active=True,
+    protocol_format_specific=True,
     txn_start_reversed=True,
     txn_grouped_checked_first=True,
     drain_all_on_graph_change=True,

@@ -261,3 +261,15 @@ async def test_create_refuses_as_qemu(graph: BlockGraph, tmp_path: Path) -> None
         "Different refcount widths than 16 bits require compatibility level 1.1 or "
         "above (use version=v3 or greater)"
     )
+
+
+async def test_discard_no_unref_needs_version_3(graph: BlockGraph, tmp_path: Path) -> None:
+    # 10.0's option (its schema alone offers it); the check is QEMU 10.0.2's.
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", tmp_path / "v2.qcow2", "1M")
+    run("qemu-img", "create", "-q", "-f", "qcow2", tmp_path / "v3.qcow2", "1M")
+    with pytest.raises(QMPError) as info:
+        qcow2(graph, "v2", tmp_path / "v2.qcow2", **{"discard-no-unref": True})
+    assert info.value.desc == "discard-no-unref is only supported since qcow2 version 3"
+    assert list(graph.nodes()) == []
+    qcow2(graph, "v2", tmp_path / "v2.qcow2", **{"discard-no-unref": False})
+    qcow2(graph, "v3", tmp_path / "v3.qcow2", **{"discard-no-unref": True})

@@ -20,17 +20,21 @@ from typing import Any
 import jsonschema
 import pytest
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema" / "commands"
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
 
 
-def load(name: str) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
+def load(name: str, folder: str = "commands") -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / folder / f"{name}.json").read_text())
     return schema
 
 
 def composed_blockdev_add() -> dict[str, Any]:
     """blockdev-add as one plain 2020-12 schema: base + variant per driver, recursively."""
-    src = load("blockdev-add")
+    assert load("blockdev-add")["$ref"] == "qmpjobd:type/BlockdevOptions"  # boxed, as QEMU's
+    text = json.dumps(load("BlockdevOptions", "types"))
+    for name in ("BlockdevRefOrNull", "BlockdevRef"):
+        text = text.replace(f'"qmpjobd:type/{name}"', f'"#/$defs/{name}"')
+    src = json.loads(text)
     defs = copy.deepcopy(src["$defs"])
     base_props = src["properties"]
     branches = []
@@ -52,6 +56,7 @@ def composed_blockdev_add() -> dict[str, Any]:
         "allOf": branches,
     }
     defs["BlockdevRef"] = {"anyOf": [{"$ref": "#/$defs/BlockdevOptions"}, {"type": "string"}]}
+    defs["BlockdevRefOrNull"] = {"anyOf": [defs["BlockdevRef"], {"type": "null"}]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$defs": defs,
@@ -70,7 +75,8 @@ def test_files_are_valid_schemas() -> None:
     for name in ("blockdev-add", "blockdev-del"):
         schema = load(name)
         jsonschema.Draft202012Validator.check_schema(schema)
-        assert schema["additionalProperties"] is False
+        assert schema.get("additionalProperties", False) is False
+    assert load("BlockdevOptions", "types")["additionalProperties"] is False
 
 
 def test_blockdev_del_schema() -> None:

@@ -27,6 +27,7 @@ def test_the_7_2_profile_is_todays_behaviour() -> None:
         (
             QEMU_7_2.mirror_actively_synced,
             QEMU_7_2.node_active,
+            QEMU_7_2.protocol_format_specific,
             QEMU_7_2.txn_start_reversed,
             QEMU_7_2.txn_grouped_checked_first,
             QEMU_7_2.drain_all_on_graph_change,
@@ -42,6 +43,7 @@ def test_the_10_0_profile() -> None:
         (
             QEMU_10_0.mirror_actively_synced,
             QEMU_10_0.node_active,
+            QEMU_10_0.protocol_format_specific,
             QEMU_10_0.txn_start_reversed,
             QEMU_10_0.txn_grouped_checked_first,
             QEMU_10_0.drain_all_on_graph_change,

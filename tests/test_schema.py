@@ -75,6 +75,55 @@ def test_argument_errors(schemas: SchemaSet, command: str, args: dict[str, Any],
     assert _err(schemas, command, args) == desc
 
 
+def _create_qcow2(file: Any) -> dict[str, Any]:
+    return {"job-id": "c", "options": {"driver": "qcow2", "size": 1048576, "file": file}}
+
+
+#: blockdev-add's arguments are BlockdevOptions itself (boxed), and a
+#: blockdev-create BlockdevRef opens those options: texts of 7.2.22 and 10.0.2.
+@pytest.mark.parametrize(
+    "command, args, desc",
+    [
+        ("blockdev-add", {}, "Parameter 'driver' is missing"),
+        (
+            "blockdev-create",
+            _create_qcow2({"driver": "file"}),
+            "Parameter 'options.file.filename' is missing",
+        ),
+        (
+            "blockdev-create",
+            _create_qcow2({"driver": "nope"}),
+            "Parameter 'driver' does not accept value 'nope'",
+        ),
+        (
+            "blockdev-create",
+            _create_qcow2(5),
+            "Invalid parameter type for 'file', expected: BlockdevRef",
+        ),
+        (
+            "blockdev-add",
+            {"driver": "raw", "node-name": "r", "file": {"driver": "raw", "file": 5}},
+            "Invalid parameter type for 'file', expected: BlockdevRef",
+        ),
+        (
+            "blockdev-create",
+            _create_qcow2({"driver": "null-co", "active": False}),
+            "Parameter 'options.file.active' is unexpected",
+        ),
+    ],
+)
+def test_blockdev_options_errors(
+    schemas: SchemaSet, command: str, args: dict[str, Any], desc: str
+) -> None:
+    assert _err(schemas, command, args) == desc
+
+
+def test_blockdev_create_opens_the_releases_options() -> None:
+    SchemaSet(overlay="10.0").validate_arguments(
+        "blockdev-create", _create_qcow2({"driver": "null-co", "active": False})
+    )
+
+
 def test_valid_arguments_pass(schemas: SchemaSet) -> None:
     schemas.validate_arguments("block-job-set-speed", {"device": "d", "speed": -1})
     schemas.validate_arguments("qmp_capabilities", {"enable": ["oob"]})
@@ -98,7 +147,11 @@ def test_every_file_is_a_checked_json_schema() -> None:
         assert path.name.endswith(".json"), path
         doc = json.loads(path.read_text())
         assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema", path
-        if folder in ("commands", "events"):
+        if folder in ("commands", "events") and "$ref" in doc:
+            # Boxed arguments: a shared object type, as QEMU's arg-type is.
+            assert set(doc) <= {"$schema", "$id", "title", "$ref"}, path
+            assert doc["$ref"].startswith("qmpjobd:type/"), path
+        elif folder in ("commands", "events"):
             assert doc["type"] == "object" and doc["additionalProperties"] is False, path
 
 

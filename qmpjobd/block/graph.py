@@ -113,6 +113,8 @@ class BlockGraph:
     :param rng: draws the two random digits of generated node names.
     :param show_active: query-named-block-nodes shows each node's ``active``
         (QEMU 10.0).
+    :param protocol_info: query-named-block-nodes shows a protocol node's
+        ``format-specific`` (QEMU 8.0's ImageInfoSpecificFile).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class BlockGraph:
         executor: Executor | None = None,
         rng: Callable[[], int] | None = None,
         show_active: bool = False,
+        protocol_info: bool = False,
     ) -> None:
         self._allow = None if allow_paths is None else tuple(Path(p).resolve() for p in allow_paths)
         self._own_executor = executor is None
@@ -135,6 +138,7 @@ class BlockGraph:
         self._nodes: dict[str, BlockNode] = {}
         self._id_counter = 0
         self._show_active = show_active
+        self._protocol_info = protocol_info
         #: Told of each change of the graph, with the number of write-locked
         #: sections QEMU 10.0 opens for it (per child attached, as the node's
         #: driver says; one per node closed).
@@ -174,7 +178,12 @@ class BlockGraph:
 
     def query_named_block_nodes(self) -> list[dict[str, Any]]:
         """``query-named-block-nodes``: BlockDeviceInfo of every node, newest first."""
-        return [info.device_info(node, show_active=self._show_active) for node in self.nodes()]
+        return [
+            info.device_info(
+                node, show_active=self._show_active, protocol_info=self._protocol_info
+            )
+            for node in self.nodes()
+        ]
 
     # -- blockdev-set-active ----------------------------------------------
 
@@ -303,7 +312,7 @@ class BlockGraph:
         opened: list[BlockNode] = []
         try:
             node = self._open(options, None, opened)
-            self.on_change(sum(n.open_sections_per_child * len(n.children) for n in opened))
+            self.on_change(sum(n.open_sections() for n in opened))
             return node
         except BaseException:
             self._pending.clear()

@@ -82,8 +82,9 @@ def filename(node: BlockNode) -> str:
     return json_filename(full_open_options(node))
 
 
-def image_info(node: BlockNode) -> dict[str, Any]:
-    """QEMU's ImageInfo of the node, members in QAPI order."""
+def image_info(node: BlockNode, *, protocol_info: bool = False) -> dict[str, Any]:
+    """QEMU's ImageInfo of the node, members in QAPI order; with
+    *protocol_info* (QEMU 8.0 on), a protocol node's ``format-specific``."""
     info: dict[str, Any] = {"filename": filename(node), "format": node.driver}
     if node.has_info():
         info["dirty-flag"] = False
@@ -92,21 +93,28 @@ def image_info(node: BlockNode) -> dict[str, Any]:
         info["actual-size"] = actual
     info["virtual-size"] = node.size
     info.update(node.image_info_members())
+    if protocol_info:
+        specific = node.protocol_format_specific()
+        if specific is not None:
+            info["format-specific"] = specific
     below = node.filter_or_cow_child()
     if below is not None:
-        info["backing-image"] = image_info(below)
+        info["backing-image"] = image_info(below, protocol_info=protocol_info)
     return _in_order(info, IMAGE_INFO_MEMBERS)
 
 
-def device_info(node: BlockNode, *, show_active: bool = False) -> dict[str, Any]:
+def device_info(
+    node: BlockNode, *, show_active: bool = False, protocol_info: bool = False
+) -> dict[str, Any]:
     """QEMU's BlockDeviceInfo for ``query-named-block-nodes``, in its member
-    order; ``active`` (QEMU 10.0) with *show_active*."""
+    order; ``active`` (QEMU 10.0) with *show_active*; *protocol_info*: see
+    :func:`image_info`."""
     depth = 0
     below = node.filter_or_cow_child()
     while below is not None:
         depth += 1
         below = below.filter_or_cow_child()
-    image = image_info(node)
+    image = image_info(node, protocol_info=protocol_info)
     info: dict[str, Any] = {
         "file": filename(node),
         "node-name": node.node_name,

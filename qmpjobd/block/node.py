@@ -191,8 +191,14 @@ class BlockNode:
     #: registry in ``block/drivers`` maps it to the class.
     driver: ClassVar[str] = ""
     #: Write-locked graph sections QEMU 10.0 opens to attach each child when
-    #: it opens a node of this driver (measured: raw 3, blkdebug 1).
+    #: it opens a node of this driver (measured: raw 3, blkdebug 1); see
+    #: :meth:`open_sections`.
     open_sections_per_child: ClassVar[int] = 1
+
+    def open_sections(self) -> int:
+        """Write-locked graph sections QEMU 10.0 opened attaching this node's
+        children (each drains every node)."""
+        return self.open_sections_per_child * len(self.children)
 
     def __init__(self, opening: Opening) -> None:
         self._ctx = opening.io
@@ -476,6 +482,12 @@ class BlockNode:
 
     def backing_file_name(self) -> str | None:
         """BlockDeviceInfo's ``backing_file``: the backing node's filename, if any."""
+        return None
+
+    def protocol_format_specific(self) -> dict[str, Any] | None:
+        """ImageInfo's ``format-specific`` of a protocol node (QEMU 8.0 added
+        ImageInfoSpecificFile), shown only by releases that have it; None:
+        the driver has none."""
         return None
 
     def image_info_members(self) -> dict[str, Any]:

@@ -45,6 +45,12 @@ class CommitDriver(BlockJobDriver):
     """Intermediate commit of ``layers`` (``top`` first) into ``base``, under ``overlay``."""
 
     job_type = JobType.COMMIT
+    #: QEMU 10.0: dropping the commit filter and the job's nodes.
+    free_sections = 1
+
+    def finalize_sections(self, job: Job) -> int:
+        # Relinking the chain, the filter; one more giving the base back read-only.
+        return 4 + (1 if self.base_read_only else 0)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal
 
 from ..block import BlockGraph, BlockNode
-from ..block.drivers.qcow2 import Qcow2CreateOptions, create_on
+from ..block.drivers.qcow2 import QCOW2_CREATE_SECTIONS, Qcow2CreateOptions, create_on
 from ..clock import Clock
 from ..errors import QMPError
 from ..jobs import Job, JobDriver, JobFailure, JobType
@@ -55,14 +55,24 @@ class BlockJobDriver(JobDriver):
         self.nodes: tuple[BlockNode, ...] = (self.source, self.target)
         self.limiter = RateLimiter(self.clock)
         self._releases: list[Callable[[], None]] = []
+        self._node_releases: list[Callable[[], None]] = []
 
     def hold(self, release: Callable[[], None]) -> None:
         """Keep something until the job is cleaned up (released in reverse order)."""
         self._releases.append(release)
 
+    def hold_node(self, release: Callable[[], None]) -> None:
+        """Keep a node the job takes as its own (QEMU's block_job_add_bdrv:
+        a reference, a blocker) until the job is freed (:meth:`release_nodes`)."""
+        self._node_releases.append(release)
+
     def release_all(self) -> None:
         while self._releases:
             self._releases.pop()()
+
+    def release_nodes(self, job: Job) -> None:
+        while self._node_releases:
+            self._node_releases.pop()()
 
     def set_speed(self, job: Job, speed: int) -> None:
         self.limiter.set_speed(speed)
@@ -377,10 +387,12 @@ class Qcow2CreateDriver(JobDriver):
         try:
             if isinstance(self.file, str):
                 await create_on(self.graph.lookup(self.file), self.options)
+                self.graph.on_change(QCOW2_CREATE_SECTIONS)
             else:
                 ref = self.graph.open_implicit(self.file)
                 try:
                     await create_on(ref.node, self.options)
+                    self.graph.on_change(QCOW2_CREATE_SECTIONS)
                 finally:
                     ref.release()
         except QMPError as exc:

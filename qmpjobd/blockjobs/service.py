@@ -62,6 +62,15 @@ _BACKUP_SECTIONS_BEFORE_CREATE = 4
 _BACKUP_SECTIONS_AFTER_CREATE = 1
 _MIRROR_SECTIONS_BEFORE_CREATE = 2
 _MIRROR_SECTIONS_AFTER_CREATE = 2
+#: block-stream (its copy-on-read filter goes in above the top), one more
+#: before creating when the top is reopened read-write for the job.
+_STREAM_SECTIONS_BEFORE_CREATE = 3
+_STREAM_SECTIONS_AFTER_CREATE = 2
+#: An intermediate block-commit, one more after creating per node reopened
+#: read-write for the job; an active commit opens a mirror's (one more
+#: before creating when its base is reopened read-write).
+_COMMIT_SECTIONS_BEFORE_CREATE = 1
+_COMMIT_SECTIONS_AFTER_CREATE = 4
 #: Image formats qmpjobd can create and open as a job's target.
 _TARGET_FORMATS = ("raw", "file", "qcow2")
 #: Drivers QEMU knows but that cannot create images.
@@ -625,18 +634,21 @@ class BlockJobService:
             on_error=spec.on_error,
         )
         if top_read_only:
+            driver.top_read_only = True
             driver.hold(top.reopen_read_only)
+        self.jobs.graph_changed(_STREAM_SECTIONS_BEFORE_CREATE + (1 if top_read_only else 0))
         try:
             job = self._create(settings, driver, None)
         except QMPError:
             if top_read_only:
                 top.reopen_read_only()
             raise
-        driver.hold(self.graph.reference(top).release)
-        driver.hold(top.block_job("stream").release)
+        self.jobs.graph_changed(_STREAM_SECTIONS_AFTER_CREATE)
+        driver.hold_node(self.graph.reference(top).release)
+        driver.hold_node(top.block_job("stream").release)
         for layer in layers:
-            driver.hold(self.graph.reference(layer).release)
-            driver.hold(layer.block_job("stream").release)
+            driver.hold_node(self.graph.reference(layer).release)
+            driver.hold_node(layer.block_job("stream").release)
         self._mark(self._filtered, top, driver)
         self.jobs.start(job)
 
@@ -694,7 +706,8 @@ class BlockJobService:
         if top is bs:
             if spec.backing_file is not None:
                 raise QMPError("'backing-file' specified, but 'top' is the active layer")
-            if base.read_only:
+            base_reopened = base.read_only
+            if base_reopened:
                 base.reopen_read_write()
             active = ActiveCommitDriver(
                 layers,
@@ -703,7 +716,9 @@ class BlockJobService:
                 executor=self.graph.executor,
                 on_error=spec.on_error,
             )
+            self.jobs.graph_changed(_MIRROR_SECTIONS_BEFORE_CREATE + (1 if base_reopened else 0))
             job = self._create(settings, active, None)
+            self.jobs.graph_changed(_MIRROR_SECTIONS_AFTER_CREATE)
             self._hold_commit(active, [*layers, base])
             self._attach_backend(base, active)
             self._mark(self._filtered, bs, active)
@@ -727,15 +742,19 @@ class BlockJobService:
             executor=self.graph.executor,
             on_error=spec.on_error,
         )
+        self.jobs.graph_changed(_COMMIT_SECTIONS_BEFORE_CREATE)
         job = self._create(settings, driver, None)
+        reopened = 0
         try:
             driver.base_read_only = base.read_only
             for node in (base, overlay):
                 if node.read_only:
                     node.reopen_read_write()
+                    reopened += 1
         except QMPError:
             self.jobs.discard(job)
             raise
+        self.jobs.graph_changed(_COMMIT_SECTIONS_AFTER_CREATE + reopened)
         self._hold_commit(driver, [bs, *layers, base])
         # QEMU's commit job has a block backend on the top it commits and one
         # on the base: blockdev-del answers "Node %s is in use" for both.
@@ -746,8 +765,8 @@ class BlockJobService:
 
     def _hold_commit(self, driver: BlockJobDriver, nodes: list[BlockNode]) -> None:
         for node in nodes:
-            driver.hold(self.graph.reference(node).release)
-            driver.hold(node.block_job("commit").release)
+            driver.hold_node(self.graph.reference(node).release)
+            driver.hold_node(node.block_job("commit").release)
 
     def _node_only(self, name: str) -> BlockNode:
         node = self.graph.get(name)

@@ -89,6 +89,15 @@ class StreamDriver(BlockJobDriver):
     chain down to the base's overlay) onto ``base`` (None: the whole chain)."""
 
     job_type = JobType.STREAM
+    #: QEMU 10.0: freeing the job (its nodes' closes come on top).
+    free_sections = 2
+    #: The top was read-only before the job made it writable.
+    top_read_only = False
+
+    def finalize_sections(self, job: Job) -> int:
+        # Relinking the top onto the base, dropping the copy-on-read filter;
+        # one more giving the top back read-only.
+        return 3 + (1 if self.top_read_only else 0)
 
     def __init__(
         self,

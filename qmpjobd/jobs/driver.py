@@ -101,6 +101,10 @@ class JobDriver:
     #: Block graph sections QEMU opens when it frees the job (after NULL).
     free_sections = 0
 
+    def release_nodes(self, job: Job) -> None:
+        """Let go of what the job took as its own for its whole life (the
+        nodes a block job holds): when the job is freed, right after NULL."""
+
     def finalize_sections(self, job: Job) -> int:
         """Block graph sections QEMU opens finalizing the job (its abort or
         commit and clean), before the completion event."""

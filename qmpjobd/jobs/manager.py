@@ -195,15 +195,24 @@ class JobManager:
         From QEMU 8.x on, each such section drains every node: every running
         job goes ``paused`` and back to ``running``, every READY job
         ``standby`` and back to ``ready``, whatever nodes it uses, once per
-        section. The job is not stopped for it: it cannot notice.
+        section. The job is not stopped for it: it cannot notice. A job that
+        changes the graph from its own run (a blockdev-create opening and
+        closing its image) is not paused by its own sections: it reaches no
+        pause point inside them.
         """
-        if not self._drain_all:
+        if not self._drain_all or sections <= 0:
             return
+        try:
+            current = asyncio.current_task()
+        except RuntimeError:
+            current = None
         for _ in range(sections):
             moving = [
                 job
                 for job in self._jobs.values()
-                if job.status in (JobStatus.RUNNING, JobStatus.READY) and not job.run_over
+                if job.status in (JobStatus.RUNNING, JobStatus.READY)
+                and not job.run_over
+                and (current is None or self._tasks.get(job) is not current)
             ]
             for job in moving:
                 paused = JobStatus.PAUSED if job.status is JobStatus.RUNNING else JobStatus.STANDBY

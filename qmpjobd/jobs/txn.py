@@ -162,6 +162,9 @@ def dismiss(job: Job, host: TxnHost) -> None:
     with contextlib.suppress(ValueError):
         job.txn.jobs.remove(job)
     set_status(job, JobStatus.NULL)
+    # QEMU lets go of the nodes a job took as its own when it frees it: they
+    # stay busy until then, and those that close then do so after NULL.
+    job.driver.release_nodes(job)
     if job.started:
         host.graph_changed(job.driver.free_sections)
 

@@ -59,8 +59,9 @@ class CommandSchema:
     takes_no_arguments: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.takes_no_arguments = not self.arguments.get("properties") and not self.arguments.get(
-            "x-union"
+        # A boxed command (its arguments a shared type, by ``$ref``) takes some.
+        self.takes_no_arguments = not any(
+            self.arguments.get(key) for key in ("properties", "x-union", "$ref")
         )
 
 

@@ -201,8 +201,9 @@ class Walker:
             if _type_ok(value, branch_type):
                 self.visit(resolved, value, path, name, branch_root)
                 return
+        # An alternate names the member alone, as QEMU's alternate visitor does.
         raise QMPError(
-            f"Invalid parameter type for '{_full_name(path)}', "
+            f"Invalid parameter type for '{name if name is not None else 'null'}', "
             f"expected: {schema.get('x-qapi-type', 'value')}"
         )
 

@@ -13,8 +13,6 @@ otherwise, capabilities negotiation) steps.
 
 from __future__ import annotations
 
-import dataclasses
-
 from .model import (
     GROUP_PROTOCOL,
     JSON,
@@ -692,9 +690,7 @@ ALL: tuple[Scenario, ...] = (
     PROTOCOL
     + JOBS
     + MORE_JOBS
-    # Recorded from 7.2; the 10.0 profile's graph-change drains are not
-    # modelled for the qcow2 driver and the stream and commit jobs yet.
-    + tuple(dataclasses.replace(s, profiles=("7.2",)) for s in CHAIN)
+    + CHAIN
     + COMPAT
     + V10_SCENARIOS
     + DRAIN_SCENARIOS

@@ -11,7 +11,7 @@ does not.
 from __future__ import annotations
 
 from .model import JSON, Scenario, Step
-from .scenarios_jobs import E, ask, q, qb
+from .scenarios_jobs import E, ask, null, q, qb, start_backup, start_mirror
 from .steps import J, MiB, connect, jobs, negotiate
 
 KiB = 1024
@@ -758,6 +758,117 @@ CHAIN: tuple[Scenario, ...] = (
                 {"driver": "qcow2", "node-name": "top5", "file": "topf", "backing": "r1"},
                 "writer-after-del",
             ),
+            qn("qn"),
+        ],
+    ),
+    jobs(
+        "chain_graph_changes_drain_unrelated_jobs",
+        "qcow2 chains opened and deleted, block-stream, an intermediate and an "
+        "active block-commit (read-only layers reopened) and qcow2 blockdev-create "
+        "beside a running backup and a READY mirror on other nodes: 10.0 pauses "
+        "both once per write-locked section of each step, 7.2 neither.",
+        [
+            *start(),
+            run("qemu-img", "create", "-f", "qcow2", img("b-base.qcow2"), "1M"),
+            run("qemu-io", "-c", "write -P 1 0 64k", img("b-base.qcow2")),
+            overlay("b-mid.qcow2", "b-base.qcow2"),
+            run("qemu-io", "-c", "write -P 2 64k 64k", img("b-mid.qcow2")),
+            overlay("b-top.qcow2", "b-mid.qcow2"),
+            run("touch", img("new1.qcow2"), img("new2.qcow2")),
+            *[
+                ask("blockdev-add", null(name), f"add-{name}")
+                for name in ("src", "tgt", "msrc", "mtgt")
+            ],
+            start_backup(),
+            start_mirror("m1", "msrc", "mtgt"),
+            ask("blockdev-add", qcow2("base", "base.qcow2", backing=None), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing="base"), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask(
+                "block-stream",
+                {"job-id": "s1", "device": "top", "base-node": "base"},
+                "stream",
+                J("null", "s1"),
+            ),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask("blockdev-del", {"node-name": "base"}, "del-base"),
+            # b-top opens b-mid and b-base from its header, read-only.
+            ask("blockdev-add", qcow2("btop", "b-top.qcow2"), "add-btop"),
+            ask(
+                "block-commit",
+                {
+                    "job-id": "c1",
+                    "device": "btop",
+                    "top": img("b-mid.qcow2"),
+                    "base": img("b-base.qcow2"),
+                },
+                "commit",
+                J("null", "c1"),
+            ),
+            ask(
+                "block-commit",
+                {"job-id": "a1", "device": "btop"},
+                "commit-active",
+                J("ready", "a1"),
+                E("BLOCK_JOB_READY", "a1"),
+            ),
+            ask("job-complete", {"id": "a1"}, "complete-a1", J("null", "a1")),
+            ask("blockdev-del", {"node-name": "btop"}, "del-btop"),
+            ask("blockdev-add", {**file("new1.qcow2"), "node-name": "fx"}, "add-fx"),
+            create("c2", "fx"),
+            dismiss("c2"),
+            create("c3", file("new2.qcow2")),
+            dismiss("c3"),
+            ask("job-cancel", {"id": "m1"}, "cancel-m1", J("null", "m1")),
+            ask("job-cancel", {"id": "j1"}, "cancel-j1", J("null", "j1")),
+        ],
+    ),
+    jobs(
+        "chain_concluded_job_keeps_its_nodes",
+        "A concluded block-stream or block-commit that waits to be dismissed still "
+        "holds the nodes it took (blockdev-del and a new job find them busy); "
+        "job-dismiss lets them go.",
+        [
+            *start(),
+            run("qemu-img", "create", "-f", "qcow2", img("b-base.qcow2"), "1M"),
+            overlay("b-mid.qcow2", "b-base.qcow2"),
+            run("qemu-io", "-c", "write -P 2 64k 64k", img("b-mid.qcow2")),
+            overlay("b-top.qcow2", "b-mid.qcow2"),
+            ask("blockdev-add", qcow2("base", "base.qcow2", backing=None), "add-base"),
+            ask("blockdev-add", qcow2("mid", "mid.qcow2", backing="base"), "add-mid"),
+            ask("blockdev-add", qcow2("top", "top.qcow2", backing="mid"), "add-top"),
+            ask(
+                "block-stream",
+                {"job-id": "s1", "device": "top", "base-node": "base", "auto-dismiss": False},
+                "stream",
+                J("concluded", "s1"),
+            ),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid"),
+            ask("blockdev-del", {"node-name": "top"}, "del-top"),
+            ask("block-stream", {"job-id": "s2", "device": "top"}, "stream-again"),
+            dismiss("s1"),
+            ask("blockdev-del", {"node-name": "mid"}, "del-mid-2"),
+            ask("blockdev-add", qcow2("bbase", "b-base.qcow2", backing=None), "add-bbase"),
+            ask("blockdev-add", qcow2("bmid", "b-mid.qcow2", backing="bbase"), "add-bmid"),
+            ask("blockdev-add", qcow2("btop", "b-top.qcow2", backing="bmid"), "add-btop"),
+            ask(
+                "block-commit",
+                {
+                    "job-id": "c1",
+                    "device": "btop",
+                    "top-node": "bmid",
+                    "base-node": "bbase",
+                    "auto-dismiss": False,
+                },
+                "commit",
+                J("concluded", "c1"),
+            ),
+            ask("blockdev-del", {"node-name": "bmid"}, "del-bmid"),
+            ask("blockdev-del", {"node-name": "btop"}, "del-btop"),
+            ask("blockdev-del", {"node-name": "bbase"}, "del-bbase"),
+            dismiss("c1"),
+            ask("blockdev-del", {"node-name": "bmid"}, "del-bmid-2"),
             qn("qn"),
         ],
     ),
