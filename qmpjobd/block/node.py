@@ -202,6 +202,9 @@ class BlockNode:
         self.options = opening.options
         self.read_only: bool = bool(self.options.get("read-only", False))
         self.detect_zeroes: str = str(self.options.get("detect-zeroes", "off"))
+        #: Discard requests reach the node's bytes (``discard: unmap``); an
+        #: implicit child may get it from its parent (see ``_Opening.child``).
+        self.unmap: bool = self.options.get("discard") in ("unmap", "on")
         #: Whether the node may be used (QEMU 10.0's ``active``; blockdev-set-active).
         self.active: bool = bool(self.options.get("active", True))
         cache = self.options.get("cache") or {}
@@ -324,6 +327,20 @@ class BlockNode:
         finally:
             self._debug_event("pwritev_done")
 
+    async def discard(self, offset: int, length: int) -> None:
+        """Drop ``length`` bytes at ``offset`` (they then read as zeros, or
+        keep their data where the driver cannot drop them); nothing happens
+        unless the node has ``discard: unmap``, as in QEMU.
+
+        :raise OSError: out of range, read-only node, or the request failed.
+        """
+        self._check_write(offset, length)
+        if not self.unmap or length == 0:
+            return
+        if self.faults:
+            self.faults.check("write", offset, length)  # injected faults count it as a write
+        await self._discard(offset, length)
+
     async def flush(self) -> None:
         """Flush written data to stable storage (a no-op with ``cache.no-flush``).
 
@@ -362,6 +379,11 @@ class BlockNode:
 
     def backing_node(self) -> BlockNode | None:
         """The node this one's unallocated bytes come from (a COW backing node)."""
+        return None
+
+    def cluster_size(self) -> int | None:
+        """The image's cluster size where the format has one (QEMU's
+        ``bdrv_get_info``), else None."""
         return None
 
     @property
@@ -426,6 +448,9 @@ class BlockNode:
         await self._write(offset, bytes(length))
 
     async def _flush(self) -> None:
+        return None
+
+    async def _discard(self, offset: int, length: int) -> None:
         return None
 
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:

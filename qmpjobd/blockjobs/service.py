@@ -34,6 +34,7 @@ from ..block.qcow2 import create_path as qcow2_create_path
 from ..errors import ErrorClass, QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
 from .commit import ActiveCommitDriver, CommitDriver, LayersMirrorDriver
+from .copy import CLUSTER
 from .drivers import (
     BackupDriver,
     BackupSync,
@@ -349,6 +350,12 @@ class BlockJobService:
             )
         if target.read_only:
             raise QMPError("Could not create node: Block node is read-only")
+        if spec.discard_source and source.read_only:
+            # The job then takes write on its source.
+            raise QMPError("Block node is read-only")
+        # QEMU's block-copy cluster: 64 KiB, or the target's cluster size,
+        # or min-cluster-size, whichever is largest.
+        cluster = max(CLUSTER, target.cluster_size() or 0, size)
         settings = spec.job
         # QEMU 10.0 inserts the copy-before-write filter and attaches the
         # job's nodes in write-locked sections, each draining every node.
@@ -362,6 +369,8 @@ class BlockJobService:
             executor=self.graph.executor,
             on_source_error=settings.on_source_error,
             on_target_error=settings.on_target_error,
+            cluster=cluster,
+            discard_source=spec.discard_source,
         )
         job = self._create(settings, driver, txn)
         self.jobs.graph_changed(_BACKUP_SECTIONS_AFTER_CREATE)

@@ -108,6 +108,10 @@ class BlkdebugNode(BlockNode):
         await self._check(offset, length, "write-zeroes")
         await self.image.write_zeroes(offset, length)
 
+    async def _discard(self, offset: int, length: int) -> None:
+        await self._check(offset, length, "discard")
+        await self.image.discard(offset, length)
+
     async def _flush(self) -> None:
         await self._check(0, 0, "flush")
         await self.image.flush()

@@ -9,16 +9,53 @@ Must not import: jobs, sockets, JSON.
 
 from __future__ import annotations
 
+import ctypes
 import errno as errno_mod
 import os
 import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ...errors import QMPError
 from ..node import BlockNode, Opening
 
 _ZERO_CHUNK = 1 << 20
+# Linux's fallocate(2) modes (the os module offers neither the call with a
+# mode nor the flags).
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], call)
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate ``length`` bytes at ``offset`` of an open file, keeping its
+    size (they read as zeros).
+
+    :raise OSError: the file system cannot (``EOPNOTSUPP``), or no such call here.
+    """
+    if _FALLOCATE is None:
+        raise OSError(errno_mod.EOPNOTSUPP, os.strerror(errno_mod.EOPNOTSUPP))
+    if _FALLOCATE(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 #: Image locks held in this process, by host file (st_dev, st_ino): each
 #: file node's ``write`` flag (it takes write; every holder unshares write).
 _IMAGE_LOCKS: dict[tuple[int, int], dict[FileNode, bool]] = {}
@@ -140,6 +177,11 @@ class FileNode(BlockNode):
             self._pwrite(pos, zeros[:n])
             pos += n
 
+    def _punch(self, offset: int, length: int) -> None:
+        end = min(offset + length, os.fstat(self._fd).st_size)
+        if end > offset:
+            punch_hole(self._fd, offset, end - offset)
+
     def _status(self, offset: int, length: int) -> tuple[bool, int]:
         eof = os.fstat(self._fd).st_size
         if offset >= eof:
@@ -169,6 +211,9 @@ class FileNode(BlockNode):
     async def _flush(self) -> None:
         if not self.cache_no_flush:
             await self._ctx.run(os.fdatasync, self._fd)
+
+    async def _discard(self, offset: int, length: int) -> None:
+        await self.io.run(self._punch, offset, length)
 
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         return await self._ctx.run(self._status, offset, length)

@@ -239,6 +239,13 @@ class Qcow2Node(BlockNode):
     async def _flush(self) -> None:
         await self._ctx.run(self.image.flush)
 
+    async def _discard(self, offset: int, length: int) -> None:
+        async with self._lock:
+            await self._ctx.run(self.image.discard, offset, length)
+
+    def cluster_size(self) -> int | None:
+        return self.image.cluster_size
+
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         extent = await self._ctx.run(self.image.block_status, offset, length)
         if extent.kind is Allocation.DATA:

@@ -79,6 +79,11 @@ class RawNode(BlockNode):
     async def _write_zeroes(self, offset: int, length: int) -> None:
         await self.file.write_zeroes(self.offset + offset, length)
 
+    async def _discard(self, offset: int, length: int) -> None:
+        n = self._clamp(offset, length)
+        if n:
+            await self.file.discard(self.offset + offset, n)
+
     async def _flush(self) -> None:
         self.file._debug_event("flush_to_os")
         self.file._debug_event("flush_to_disk")
