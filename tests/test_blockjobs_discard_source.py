@@ -142,7 +142,10 @@ async def test_discard_source_refuses_a_read_only_source_after_the_cluster_check
         "Could not create node: Cannot create block-copy-state: "
         "min-cluster-size needs to be a power of 2",
     )
+    c.take()
+    # The job is created before it fails to take write on its source.
     assert await c.error("blockdev-backup", **args) == ("GenericError", "Block node is read-only")
+    assert c.take() == [J("created", "j"), J("null", "j")]
     # Without discard-source a read-only source is fine.
     await backup(c, "j", "s", "t")
     assert sha256(src) == sha256(tgt) == before

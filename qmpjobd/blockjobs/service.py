@@ -350,9 +350,6 @@ class BlockJobService:
             )
         if target.read_only:
             raise QMPError("Could not create node: Block node is read-only")
-        if spec.discard_source and source.read_only:
-            # The job then takes write on its source.
-            raise QMPError("Block node is read-only")
         # QEMU's block-copy cluster: 64 KiB, or the target's cluster size,
         # or min-cluster-size, whichever is largest.
         cluster = max(CLUSTER, target.cluster_size() or 0, size)
@@ -373,6 +370,10 @@ class BlockJobService:
             discard_source=spec.discard_source,
         )
         job = self._create(settings, driver, txn)
+        if spec.discard_source and source.read_only:
+            # The job, once created, cannot take write on its source.
+            self.jobs.discard(job)
+            raise QMPError("Block node is read-only")
         self.jobs.graph_changed(_BACKUP_SECTIONS_AFTER_CREATE)
         if target_ref is not None:
             driver.hold(target_ref.release)
