@@ -88,24 +88,13 @@ class _Opening:
         else:
             node = graph._open(ref, self.read_only, self._opened)
             if "discard" not in ref:
-                node.unmap = self._child_unmap(role)
+                node.unmap = DRIVERS[self.options["driver"]].child_unmap(role, self.options)
         node.refcnt += 1
         self.children[role] = node
         return node
 
     def check_path(self, filename: str) -> None:
         self._graph.check_path(filename)
-
-    def _child_unmap(self, role: str) -> bool:
-        """``discard`` of an implicit child that sets none, as QEMU opens it:
-        a format's data child (``file``) gets ``unmap`` (formats decide what
-        to pass down); a filter's child (blkdebug's ``image``) takes its
-        parent's; a backing child does not discard."""
-        if role == "file":
-            return True
-        if role == "image":
-            return self.options.get("discard") in ("unmap", "on")
-        return False
 
 
 class GraphObserver(Protocol):

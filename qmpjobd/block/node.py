@@ -240,6 +240,14 @@ class BlockNode:
         """
         raise NotImplementedError
 
+    @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        """Whether an implicit child opened for ``role`` (with no ``discard``
+        of its own) discards, as QEMU opens it: a format's data child gets
+        ``unmap`` (the format decides what to pass down), a filter's child
+        takes its parent's, other children do not."""
+        return False
+
     # -- size -------------------------------------------------------------
 
     def _length(self) -> int:

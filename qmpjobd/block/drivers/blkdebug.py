@@ -58,6 +58,10 @@ class BlkdebugNode(BlockNode):
         )
 
     @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        return role == "image" and options.get("discard") in ("unmap", "on")
+
+    @classmethod
     def open(cls, opening: Opening) -> BlockNode:
         options = opening.options
         opening.name()

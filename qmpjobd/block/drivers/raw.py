@@ -30,6 +30,10 @@ class RawNode(BlockNode):
         self._fixed_size: int | None = int(self.options["size"]) if "size" in self.options else None
 
     @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        return role == "file"
+
+    @classmethod
     def open(cls, opening: Opening) -> BlockNode:
         options = opening.options
         child = opening.child("file")
