@@ -193,6 +193,9 @@ class BlockNode:
     #: Write-locked graph sections QEMU 10.0 opens to attach each child when
     #: it opens a node of this driver (measured: raw 3, blkdebug 1).
     open_sections_per_child: ClassVar[int] = 1
+    #: A protocol driver (QEMU's BDRV_O_PROTOCOL): the node is its own bytes,
+    #: not a format over a child.
+    protocol: ClassVar[bool] = False
 
     def __init__(self, opening: Opening) -> None:
         self._ctx = opening.io

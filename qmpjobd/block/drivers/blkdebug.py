@@ -49,6 +49,7 @@ class BlkdebugNode(BlockNode):
     """``blkdebug``."""
 
     driver = "blkdebug"
+    protocol = True
 
     def __init__(self, opening: Opening) -> None:
         super().__init__(opening)

@@ -31,6 +31,7 @@ class FileNode(BlockNode):
     """``file``."""
 
     driver = "file"
+    protocol = True
 
     def __init__(self, opening: Opening, fd: int) -> None:
         super().__init__(opening)
