@@ -87,6 +87,8 @@ class _Opening:
             node = graph.lookup(ref)
         else:
             node = graph._open(ref, self.read_only, self._opened)
+            if "discard" not in ref:
+                node.unmap = DRIVERS[self.options["driver"]].child_unmap(role, self.options)
         node.refcnt += 1
         self.children[role] = node
         return node

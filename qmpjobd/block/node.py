@@ -194,6 +194,9 @@ class BlockNode:
     #: it opens a node of this driver (measured: raw 3, blkdebug 1); see
     #: :meth:`open_sections`.
     open_sections_per_child: ClassVar[int] = 1
+    #: A protocol driver (QEMU's BDRV_O_PROTOCOL): the node is its own bytes,
+    #: not a format over a child.
+    protocol: ClassVar[bool] = False
 
     def open_sections(self) -> int:
         """Write-locked graph sections QEMU 10.0 opened attaching this node's
@@ -208,6 +211,9 @@ class BlockNode:
         self.options = opening.options
         self.read_only: bool = bool(self.options.get("read-only", False))
         self.detect_zeroes: str = str(self.options.get("detect-zeroes", "off"))
+        #: Discard requests reach the node's bytes (``discard: unmap``); an
+        #: implicit child may get it from its parent (see ``_Opening.child``).
+        self.unmap: bool = self.options.get("discard") in ("unmap", "on")
         #: Whether the node may be used (QEMU 10.0's ``active``; blockdev-set-active).
         self.active: bool = bool(self.options.get("active", True))
         cache = self.options.get("cache") or {}
@@ -242,6 +248,14 @@ class BlockNode:
         :raise QMPError: an option QEMU refuses, or a failed name or child.
         """
         raise NotImplementedError
+
+    @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        """Whether an implicit child opened for ``role`` (with no ``discard``
+        of its own) discards, as QEMU opens it: a format's data child gets
+        ``unmap`` (the format decides what to pass down), a filter's child
+        takes its parent's, other children do not."""
+        return False
 
     # -- size -------------------------------------------------------------
 
@@ -330,6 +344,20 @@ class BlockNode:
         finally:
             self._debug_event("pwritev_done")
 
+    async def discard(self, offset: int, length: int) -> None:
+        """Drop ``length`` bytes at ``offset`` (they then read as zeros, or
+        keep their data where the driver cannot drop them); nothing happens
+        unless the node has ``discard: unmap``, as in QEMU.
+
+        :raise OSError: out of range, read-only node, or the request failed.
+        """
+        self._check_write(offset, length)
+        if not self.unmap or length == 0:
+            return
+        if self.faults:
+            self.faults.check("write", offset, length)  # injected faults count it as a write
+        await self._discard(offset, length)
+
     async def flush(self) -> None:
         """Flush written data to stable storage (a no-op with ``cache.no-flush``).
 
@@ -368,6 +396,11 @@ class BlockNode:
 
     def backing_node(self) -> BlockNode | None:
         """The node this one's unallocated bytes come from (a COW backing node)."""
+        return None
+
+    def cluster_size(self) -> int | None:
+        """The image's cluster size where the format has one (QEMU's
+        ``bdrv_get_info``), else None."""
         return None
 
     @property
@@ -432,6 +465,9 @@ class BlockNode:
         await self._write(offset, bytes(length))
 
     async def _flush(self) -> None:
+        return None
+
+    async def _discard(self, offset: int, length: int) -> None:
         return None
 
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:

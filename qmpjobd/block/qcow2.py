@@ -36,6 +36,7 @@ Must not import: jobs, sockets, JSON.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno as errno_mod
 import os
@@ -51,6 +52,7 @@ from enum import Enum
 from typing import Protocol
 
 from ..errors import QMPError
+from .punch import punch_hole
 
 __all__ = [
     "Allocation",
@@ -192,6 +194,12 @@ class FdHostFile:
     def sync(self) -> None:
         if not self.no_flush:
             os.fdatasync(self.fd)
+
+    def discard(self, offset: int, length: int) -> None:
+        """Give ``length`` bytes at ``offset`` back to the file system (a hole);
+        where it cannot, nothing happens."""
+        with contextlib.suppress(OSError):
+            punch_hole(self.fd, offset, length)
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
@@ -1322,12 +1330,14 @@ class Qcow2Image:
 
     def _set_entries(
         self, offset: int, length: int, new_entry: Callable[[int], int | None]
-    ) -> None:
+    ) -> list[int]:
         """Give every cluster of a cluster-aligned range the entry ``new_entry(old)``.
 
         ``None`` keeps the old entry. References the old entries held and the
-        new ones do not are dropped once the new entries are durable.
+        new ones do not are dropped once the new entries are durable; the
+        host clusters that lost one are returned.
         """
+        released: list[int] = []
         for l1_index, start, end in self._spans(offset, length):
             if l1_index >= len(self._l1):
                 continue
@@ -1351,6 +1361,8 @@ class Qcow2Image:
             if freed:
                 self.file.sync()
                 self._free_clusters(freed)
+                released.extend(freed)
+        return released
 
     def write_zeroes(
         self,
@@ -1411,11 +1423,15 @@ class Qcow2Image:
                 self.write(pos, bytes(stop - pos), backing_read)
             pos = stop
 
-    def discard(self, offset: int, length: int) -> None:
+    def discard(self, offset: int, length: int, *, punch: bool = False) -> None:
         """Drop the whole clusters of the range (partial clusters are left alone).
 
-        Without a backing file they become unallocated (reading zeros); with
-        one they get the zero flag (version 3) or are kept (version 2).
+        As QEMU's qcow2 discard: in a version 3 image, a cluster that was
+        allocated, or any cluster of an image with a backing file, gets the
+        zero flag; in version 2 it becomes unallocated (which exposes the
+        backing file's bytes, as QEMU allows a discard to). With
+        ``punch`` (QEMU's pass-discard-request), host clusters no longer used
+        become holes in the file.
         """
         with self._lock:
             self._check_writable(offset, length)
@@ -1425,10 +1441,31 @@ class Qcow2Image:
             stop = end - end % cs if end < self.header.size else -(-end // cs) * cs
             if start >= stop:
                 return
-            if self.header.backing_file is None:
-                self._set_entries(start, stop - start, lambda _old: 0)
-            elif self.header.version >= 3:
-                self._set_entries(start, stop - start, lambda _old: OFLAG_ZERO)
+            released: list[int] = []
+            if self.header.version < 3:
+                released = self._set_entries(start, stop - start, lambda _old: 0)
+            else:
+                backed = self.header.backing_file is not None
+
+                def zero(old: int) -> int | None:
+                    allocated = old & ~OFLAG_ZERO != 0
+                    return OFLAG_ZERO if backed or allocated else None
+
+                released = self._set_entries(start, stop - start, zero)
+            hole = getattr(self.file, "discard", None)
+            if punch and hole is not None:
+                # Only once their refcounts are zero on disk (or repairable from
+                # the durable L2 tables, with lazy refcounts).
+                for cluster in sorted(set(released)):
+                    if self._refcount(cluster) == 0:
+                        hole(cluster * cs, cs)
+
+    def _refcount(self, cluster: int) -> int:
+        table, index = divmod(cluster, self._rb_entries)
+        if not self._has_block(table):
+            return 0
+        block = self._rb_load(self._rt[table] & REFT_OFFSET_MASK)
+        return _rc_get(block, index, self._rc_bits)
 
     # -- size ---------------------------------------------------------------
 

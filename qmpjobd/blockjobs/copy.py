@@ -268,8 +268,13 @@ class Copier:
         zero_target: bool = False,
         retry_stopped_on_cancel: bool = False,
         copy_unknown: bool = True,
+        cluster: int = CLUSTER,
     ) -> None:
         self.job = job
+        #: the copy's granularity: extents are aligned to it
+        self.cluster = cluster
+        #: called after each extent is copied, before its progress counts
+        self.after_copy: Callable[[Extent], Awaitable[None]] | None = None
         self.copy_unknown = copy_unknown
         self.retry_stopped_on_cancel = retry_stopped_on_cancel
         self.source = source
@@ -290,9 +295,9 @@ class Copier:
         at least one) while rate limited, else a larger chunk."""
         speed = self.limiter.speed
         if not speed:
-            return MAX_CHUNK
-        quota = int(speed * SLICE_SECONDS) // CLUSTER * CLUSTER
-        return min(MAX_CHUNK, max(CLUSTER, quota))
+            return max(MAX_CHUNK // self.cluster * self.cluster, self.cluster)
+        cluster = self.cluster
+        return max(cluster, min(MAX_CHUNK, int(speed * SLICE_SECONDS)) // cluster * cluster)
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         loop = asyncio.get_running_loop()
@@ -380,14 +385,15 @@ class Copier:
             return Extent(offset, offset + run, False, discard=True)
         data = True if status is None else status
         end = offset + run
+        cluster = self.cluster
         if end < size:
             if data:
-                end = min(round_up(end, CLUSTER), size)
+                end = min(round_up(end, cluster), size)
             else:
-                end = end // CLUSTER * CLUSTER
+                end = end // cluster * cluster
                 if end <= offset:
                     data = True
-                    end = min(offset + CLUSTER, size)
+                    end = min(offset + cluster, size)
         return Extent(offset, end, data)
 
     async def copy(self, ext: Extent) -> None:
@@ -429,8 +435,13 @@ class Copier:
         await self._written(ext)
 
     async def _copy_slow(self, ext: Extent) -> None:
-        data = await self._guard("read", self.source.read(ext.offset, ext.length))
-        await self._guard("write", self.target.write(ext.offset, data))
+        # In pieces: an extent of large clusters must not be read all at once.
+        pos = ext.offset
+        while pos < ext.end:
+            n = min(MAX_CHUNK, ext.end - pos)
+            data = await self._guard("read", self.source.read(pos, n))
+            await self._guard("write", self.target.write(pos, data))
+            pos += n
         await self._written(ext)
 
     async def flush(self) -> bool:
@@ -459,6 +470,8 @@ class Copier:
                 await self.copy(ext)
             except Cancelled:
                 return False
+            if self.after_copy is not None:
+                await self.after_copy(ext)
             on_progress(ext)
             pos = ext.end
         return True

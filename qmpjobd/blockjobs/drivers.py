@@ -9,6 +9,7 @@ Must not import: sockets, JSON.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import os
 from collections.abc import Callable
@@ -91,6 +92,9 @@ class BlockJobDriver(JobDriver):
     #: discarded (mirror), as QEMU's block-copy and mirror do.
     copy_unknown = True
 
+    #: The copy's granularity (a backup's block-copy cluster size).
+    cluster: int = CLUSTER
+
     def copier(self, job: Job) -> Copier:
         return Copier(
             job,
@@ -103,6 +107,7 @@ class BlockJobDriver(JobDriver):
             zero_target=self.zero_target,
             retry_stopped_on_cancel=self.retry_stopped_on_cancel,
             copy_unknown=self.copy_unknown,
+            cluster=self.cluster,
         )
 
 
@@ -114,7 +119,10 @@ class BackupDriver(BlockJobDriver):
     layer holds (all of them for a node without a backing node, as in
     QEMU; progress then counts only those), ``none`` copies nothing and runs
     until cancelled (with no guest, nothing ever writes to the source).
-    Progress counts 64 KiB clusters.
+    Progress counts clusters: 64 KiB, or the target's cluster size or
+    ``x-perf``'s ``min-cluster-size`` when larger (QEMU's block-copy). With
+    ``discard_source``, what was copied is then discarded on the source
+    (errors ignored, as in QEMU).
     """
 
     retry_stopped_on_cancel = True
@@ -127,19 +135,31 @@ class BackupDriver(BlockJobDriver):
         return 3
 
     sync: BackupSync
+    _: KW_ONLY
+    discard_source: bool = False
+
+    async def _discard_source(self, ext: Extent) -> None:
+        if not self.discard_source:
+            return
+        # QEMU ignores a failed discard of the source.
+        with contextlib.suppress(OSError):
+            await self.source.discard(ext.offset, ext.length)
 
     async def run(self, job: Job) -> None:
         size = self.source.size
-        job.progress_set_remaining(round_up(size, CLUSTER))
+        cluster = self.cluster
+        job.progress_set_remaining(round_up(size, cluster))
         if self.sync == "none":
             while not job.is_cancelled:
                 await job.sleep(IDLE_SECONDS)
             return
 
         def progress(ext: Extent) -> None:
-            job.progress_update(round_up(ext.end, CLUSTER) - ext.offset)
+            job.progress_update(round_up(ext.end, cluster) - ext.offset)
 
         copier = self.copier(job)
+        if self.discard_source:
+            copier.after_copy = self._discard_source
         try:
             if self.sync == "top" and self.source.backing_node() is not None:
                 if await self._copy_top(job, copier, size):
@@ -151,23 +171,24 @@ class BackupDriver(BlockJobDriver):
 
     async def _copy_top(self, job: Job, copier: Copier, size: int) -> bool:
         """``sync: top``: copy the clusters allocated in the source's own layer."""
+        cluster = self.cluster
         ranges: list[tuple[int, int]] = []
         offset = 0
         while offset < size:
             allocated, n = await self.source.allocated(offset, size - offset)
-            end = min(round_up(offset + n, CLUSTER), size) if allocated else offset + n
+            end = min(round_up(offset + n, cluster), size) if allocated else offset + n
             if allocated:
                 if ranges and ranges[-1][1] >= offset:
                     ranges[-1] = (ranges[-1][0], end)
                 else:
-                    ranges.append((offset - offset % CLUSTER, end))
+                    ranges.append((offset - offset % cluster, end))
             offset = end
-        job.progress_set_remaining(sum(round_up(e, CLUSTER) - s for s, e in ranges))
+        job.progress_set_remaining(sum(round_up(e, cluster) - s for s, e in ranges))
         for start, end in ranges:
             stop = end
 
             def progress(ext: Extent) -> None:
-                job.progress_update(round_up(min(ext.end, stop), CLUSTER) - ext.offset)  # noqa: B023
+                job.progress_update(round_up(min(ext.end, stop), cluster) - ext.offset)  # noqa: B023
 
             if not await copier.copy_all(start, end, progress):
                 return False

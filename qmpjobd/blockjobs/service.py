@@ -30,10 +30,12 @@ from typing import Any, cast
 from ..block import BlockGraph, BlockNode, NodeReference
 from ..block.create import PREALLOCATION_MODES
 from ..block.drivers.qcow2 import Qcow2Node
+from ..block.qcow2 import MAGIC as QCOW2_MAGIC
 from ..block.qcow2 import create_path as qcow2_create_path
 from ..errors import ErrorClass, QMPError
 from ..jobs import Job, JobManager, JobStatus, Transaction
 from .commit import ActiveCommitDriver, CommitDriver, LayersMirrorDriver
+from .copy import CLUSTER
 from .drivers import (
     BackupDriver,
     BackupSync,
@@ -49,6 +51,7 @@ from .specs import (
     CreateSpec,
     JobSettings,
     MirrorSpec,
+    NewImage,
     StreamSpec,
     TransactionSpec,
 )
@@ -75,6 +78,18 @@ _COMMIT_SECTIONS_AFTER_CREATE = 4
 _TARGET_FORMATS = ("raw", "file", "qcow2")
 #: Drivers QEMU knows but that cannot create images.
 _NO_CREATE_FORMATS = ("null-co", "null-aio", "blkdebug")
+
+
+def _target_format(image: NewImage, source: BlockNode) -> str | None:
+    """The format of a ``drive-*`` target: the one given; for a new image the
+    source's; for an existing one, a plain file when the source is a protocol
+    node (QEMU opens the target with the source's flags), else what probing
+    finds (None here)."""
+    if image.format is not None:
+        return image.format
+    if image.mode != "existing":
+        return source.driver
+    return "file" if source.protocol else None
 
 
 def _busy(node: BlockNode, op: str = "") -> None:
@@ -165,7 +180,8 @@ class BlockJobService:
     def _open_target(
         self, filename: str, fmt: str | None, node_name: str | None, extra: Mapping[str, Any]
     ) -> NodeReference:
-        fmt = fmt or "raw"  # what probing finds in a file of ours
+        if fmt is None:
+            fmt = self._probe(filename)
         if fmt not in _TARGET_FORMATS:
             raise QMPError(f"Unknown driver '{fmt}'")
         options: dict[str, Any]
@@ -177,6 +193,17 @@ class BlockJobService:
             options["node-name"] = node_name
         options.update(extra)
         return self.graph.open_implicit(options)
+
+    def _probe(self, filename: str) -> str:
+        """The format QEMU's probing finds in an existing image: qcow2 by its
+        magic, else raw."""
+        self.graph.check_path(filename)
+        try:
+            with open(filename, "rb") as f:
+                magic = f.read(4)
+        except OSError:
+            return "raw"  # opening it reports the error
+        return "qcow2" if magic == QCOW2_MAGIC else "raw"
 
     async def _create_target(
         self, filename: str, fmt: str, size: int, backing: BlockNode | None
@@ -269,9 +296,7 @@ class BlockJobService:
             return self._backup_common(spec, source, target, txn, None, zero_target=False)
         source = self.graph.lookup(spec.device)
         await self._drain_users(source, sections)
-        fmt = image.format
-        if fmt is None and image.mode != "existing":
-            fmt = source.driver
+        fmt = _target_format(image, source)
         _busy(source, "backup-source")
         backing: BlockNode | None = None
         if spec.sync == "top":
@@ -287,8 +312,20 @@ class BlockJobService:
             await self._create_target(image.filename, fmt, source.size, backing)
             if backing is source:
                 extra["backing"] = source.node_name
+        else:
+            fmt = fmt or self._probe(image.filename)
+            if spec.sync == "none" and fmt == "qcow2":
+                # An existing image gets the source as its backing node too.
+                extra["backing"] = source.node_name
         ref = self._open_target(image.filename, fmt, None, extra)
         try:
+            if spec.sync == "none" and image.mode == "existing" and fmt != "qcow2":
+                # QEMU opens the target, then cannot give it the source as backing.
+                node = ref.node
+                raise QMPError(
+                    f"Driver '{node.driver}' of node '{node.node_name}' "
+                    "does not support backing files"
+                )
             return self._backup_common(
                 spec,
                 source,
@@ -358,6 +395,9 @@ class BlockJobService:
             )
         if target.read_only:
             raise QMPError("Could not create node: Block node is read-only")
+        # QEMU's block-copy cluster: 64 KiB, or the target's cluster size,
+        # or min-cluster-size, whichever is largest.
+        cluster = max(CLUSTER, target.cluster_size() or 0, size)
         settings = spec.job
         # QEMU 10.0 inserts the copy-before-write filter and attaches the
         # job's nodes in write-locked sections, each draining every node.
@@ -371,8 +411,14 @@ class BlockJobService:
             executor=self.graph.executor,
             on_source_error=settings.on_source_error,
             on_target_error=settings.on_target_error,
+            cluster=cluster,
+            discard_source=spec.discard_source,
         )
         job = self._create(settings, driver, txn)
+        if spec.discard_source and source.read_only:
+            # The job, once created, cannot take write on its source.
+            self.jobs.discard(job)
+            raise QMPError("Block node is read-only")
         self.jobs.graph_changed(_BACKUP_SECTIONS_AFTER_CREATE)
         if target_ref is not None:
             driver.hold(target_ref.release)
@@ -416,9 +462,7 @@ class BlockJobService:
         assert image is not None
         source = self._root_node(spec.device)
         _busy(source)
-        fmt = image.format
-        if fmt is None and image.mode != "existing":
-            fmt = source.driver
+        fmt = _target_format(image, source)
         if spec.replaces is not None and spec.node_name is None:
             raise QMPError("a node-name must be provided when replacing a named node of the graph")
         backing: BlockNode | None = None
@@ -432,8 +476,10 @@ class BlockJobService:
             if backing is not None and fmt != "qcow2":
                 raise QMPError(f"Backing file not supported for file format '{fmt}'")
             await self._create_target(image.filename, fmt, source.size, backing)
+        if fmt is None:
+            fmt = self._probe(image.filename)
         # Mirroring takes care of copy-on-write using the source's backing file.
-        extra = {"backing": None} if (fmt or "raw") == "qcow2" else {}
+        extra = {"backing": None} if fmt == "qcow2" else {}
         ref = self._open_target(image.filename, fmt, spec.node_name, extra)
         try:
             self._mirror_common(spec, source, ref.node, ref, zero_target=image.mode != "existing")

@@ -59,6 +59,8 @@ class BackupSpec:
     max_chunk: int = 0
     #: x-perf's min-cluster-size (QEMU 9.1); 0: the default
     min_cluster_size: int = 0
+    #: discard what was copied from the source (QEMU 9.1)
+    discard_source: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ def backup_spec(args: dict[str, Any], *, drive: bool) -> BackupSpec:
         max_workers=perf.get("max-workers", 64),
         max_chunk=perf.get("max-chunk", 0),
         min_cluster_size=perf.get("min-cluster-size", 0),
+        discard_source=args.get("discard-source", False),
     )
 
 

@@ -872,4 +872,56 @@ CHAIN: tuple[Scenario, ...] = (
             qn("qn"),
         ],
     ),
+    jobs(
+        "chain_drive_backup_sync_none_existing",
+        "drive-backup sync none onto an existing image gives it the source as "
+        "its backing node: a raw or a plain file target cannot have one (refused "
+        "once opened), a qcow2 target takes it; sync top and full onto raw run.",
+        [
+            *start(),
+            run("qemu-img", "create", "-f", "raw", img("t.raw"), "1M"),
+            run("qemu-img", "create", "-f", "qcow2", img("t.qcow2"), "1M"),
+            ask("blockdev-add", qcow2("top", "top.qcow2"), "add-top"),
+            *[
+                ask(
+                    "drive-backup",
+                    {
+                        "job-id": job,
+                        "device": "top",
+                        "target": img(target),
+                        "sync": sync,
+                        "mode": "existing",
+                        **({"format": fmt} if fmt else {}),
+                    },
+                    job,
+                    *events,
+                )
+                for job, target, sync, fmt, events in (
+                    ("b1", "t.raw", "none", None, ()),
+                    ("b2", "t.raw", "none", "raw", ()),
+                    ("b3", "t.qcow2", "none", "qcow2", (J("running", "b3"),)),
+                )
+            ],
+            # (Not queried while b3 runs: qmpjobd has no copy-before-write filter node.)
+            ask("query-block-jobs", None, "qb"),
+            ask("job-cancel", {"id": "b3"}, "cancel-b3", J("null", "b3")),
+            qn("qn"),
+            *[
+                ask(
+                    "drive-backup",
+                    {
+                        "job-id": job,
+                        "device": "top",
+                        "target": img("t.raw"),
+                        "sync": sync,
+                        "mode": "existing",
+                        "format": "raw",
+                    },
+                    job,
+                    J("null", job),
+                )
+                for job, sync in (("b4", "top"), ("b5", "full"))
+            ],
+        ],
+    ),
 )

@@ -9,8 +9,9 @@ Collected into :data:`tests.differential.scenarios.ALL`.
 from __future__ import annotations
 
 from .model import JSON, Expect, Scenario, Step
+from .scenarios_chain import file, img, run
 from .scenarios_jobs import E, ask, backup_args, null, qb, setup, start_backup, start_mirror
-from .steps import QUIET_MS, J, cmd, jobs
+from .steps import QUIET_MS, J, MiB, cmd, connect, jobs, negotiate
 
 V10 = ("10.0",)
 #: QEMU's mirror loop runs every 100 ms in READY: a change shows after it.
@@ -34,11 +35,14 @@ def settle(rid: str) -> Step:
     )
 
 
+def _file(name: str, image: str) -> dict[str, JSON]:
+    return {"node-name": name, **file(image)}
+
+
 V10_SCENARIOS: tuple[Scenario, ...] = (
     jobs(
         "block_job_change_arguments",
-        "block-job-change's argument checks come before the job lookup "
-        "(7.2 has no such command).",
+        "block-job-change's argument checks come before the job lookup (7.2 has no such command).",
         [
             *setup(),
             ask("block-job-change", {"id": "nope"}, "no-type"),
@@ -304,5 +308,77 @@ BACKUP_ARGUMENTS: tuple[Scenario, ...] = (
             ),
             ask("query-jobs", None, "q"),
         ],
+    ),
+    jobs(
+        "v10_backup_discard_source",
+        "discard-source: a file node with discard=unmap is punched as it is "
+        "copied, one without keeps its data, a raw node's implicit file child "
+        "discards what raw passes down, a read-only source is refused (after "
+        "the cluster size check); actual-size shows which.",
+        [
+            connect(0),
+            negotiate(0),
+            *[
+                step
+                for name in ("a", "b", "c", "ro")
+                for step in (
+                    run("qemu-img", "create", "-f", "raw", img(f"{name}.raw"), "1M"),
+                    run("qemu-io", "-f", "raw", "-c", "write -P 7 0 1M", img(f"{name}.raw")),
+                )
+            ],
+            *[run("qemu-img", "create", "-f", "raw", img(f"t{i}.raw"), "1M") for i in (1, 2, 3)],
+            ask("blockdev-add", {**_file("a", "a.raw"), "discard": "unmap"}, "add-a"),
+            ask("blockdev-add", _file("b", "b.raw"), "add-b"),
+            ask(
+                "blockdev-add",
+                {"driver": "raw", "node-name": "c", "discard": "unmap", "file": file("c.raw")},
+                "add-c",
+            ),
+            ask(
+                "blockdev-add",
+                {**_file("ro", "ro.raw"), "discard": "unmap", "read-only": True},
+                "add-ro",
+            ),
+            *[ask("blockdev-add", _file(f"t{i}", f"t{i}.raw"), f"add-t{i}") for i in (1, 2, 3)],
+            asked(
+                "ro-cluster",
+                "blockdev-backup",
+                backup_args(
+                    "j0", "ro", "t1", **{"discard-source": True, "x-perf": {"min-cluster-size": 3}}
+                ),
+            ),
+            asked(
+                "ro", "blockdev-backup", backup_args("j0", "ro", "t1", **{"discard-source": True})
+            ),
+            *[
+                ask(
+                    "blockdev-backup",
+                    backup_args(job, src, tgt, **{"discard-source": True}),
+                    job,
+                    J("null", job),
+                )
+                for job, src, tgt in (("j1", "a", "t1"), ("j2", "b", "t2"), ("j3", "c", "t3"))
+            ],
+            ask("query-named-block-nodes", {"flat": True}, "qn"),
+        ],
+        profiles=V10,
+    ),
+    jobs(
+        "v10_backup_min_cluster_size",
+        "x-perf min-cluster-size above 64 KiB sets the copy's cluster: len "
+        "counts whole clusters of it.",
+        [
+            *setup(null("src", MiB + 512), null("tgt", MiB + 512)),
+            *[
+                ask(
+                    "blockdev-backup",
+                    backup_args(job, **{"x-perf": {"min-cluster-size": size}}),
+                    job,
+                    J("null", job),
+                )
+                for job, size in (("j1", 1 << 20), ("j2", 1 << 16), ("j3", 4096))
+            ],
+        ],
+        profiles=V10,
     ),
 )

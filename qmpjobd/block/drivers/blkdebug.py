@@ -49,6 +49,7 @@ class BlkdebugNode(BlockNode):
     """``blkdebug``."""
 
     driver = "blkdebug"
+    protocol = True
 
     def __init__(self, opening: Opening) -> None:
         super().__init__(opening)
@@ -56,6 +57,10 @@ class BlkdebugNode(BlockNode):
         self.rules = Blkdebug.from_options(
             self.options.get("inject-error", ()), self.options.get("set-state", ())
         )
+
+    @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        return role == "image" and options.get("discard") in ("unmap", "on")
 
     @classmethod
     def open(cls, opening: Opening) -> BlockNode:
@@ -107,6 +112,10 @@ class BlkdebugNode(BlockNode):
     async def _write_zeroes(self, offset: int, length: int) -> None:
         await self._check(offset, length, "write-zeroes")
         await self.image.write_zeroes(offset, length)
+
+    async def _discard(self, offset: int, length: int) -> None:
+        await self._check(offset, length, "discard")
+        await self.image.discard(offset, length)
 
     async def _flush(self) -> None:
         await self._check(0, 0, "flush")

@@ -19,6 +19,7 @@ from typing import Any
 
 from ...errors import QMPError
 from ..node import BlockNode, Opening
+from ..punch import punch_hole
 
 #: Linux's FS_IOC_FSGETXATTR (``_IOR('X', 31, struct fsxattr)``) and that
 #: struct's layout: xflags, extsize, nextents, projid, cowextsize, padding.
@@ -35,6 +36,8 @@ def _extent_size_hint(fd: int) -> int:
     return int(_FSXATTR.unpack(raw)[1])
 
 _ZERO_CHUNK = 1 << 20
+
+
 #: Image locks held in this process, by host file (st_dev, st_ino): each
 #: file node's ``write`` flag (it takes write; every holder unshares write).
 _IMAGE_LOCKS: dict[tuple[int, int], dict[FileNode, bool]] = {}
@@ -44,6 +47,7 @@ class FileNode(BlockNode):
     """``file``."""
 
     driver = "file"
+    protocol = True
 
     def __init__(self, opening: Opening, fd: int) -> None:
         super().__init__(opening)
@@ -156,6 +160,11 @@ class FileNode(BlockNode):
             self._pwrite(pos, zeros[:n])
             pos += n
 
+    def _punch(self, offset: int, length: int) -> None:
+        end = min(offset + length, os.fstat(self._fd).st_size)
+        if end > offset:
+            punch_hole(self._fd, offset, end - offset)
+
     def _status(self, offset: int, length: int) -> tuple[bool, int]:
         eof = os.fstat(self._fd).st_size
         if offset >= eof:
@@ -185,6 +194,9 @@ class FileNode(BlockNode):
     async def _flush(self) -> None:
         if not self.cache_no_flush:
             await self._ctx.run(os.fdatasync, self._fd)
+
+    async def _discard(self, offset: int, length: int) -> None:
+        await self.io.run(self._punch, offset, length)
 
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         return await self._ctx.run(self._status, offset, length)

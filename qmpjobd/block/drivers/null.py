@@ -20,6 +20,7 @@ class NullNode(BlockNode):
     """``null-co``."""
 
     driver = "null-co"
+    protocol = True
     DEFAULT_SIZE = 1 << 30
 
     def __init__(self, opening: Opening) -> None:

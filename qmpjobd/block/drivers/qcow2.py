@@ -19,6 +19,7 @@ Must not import: jobs, sockets, JSON.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,10 @@ class Qcow2Node(BlockNode):
         self.image.set_backing(backing_file, backing_format if backing_file else None)
         self.file.refresh_length()
         self._auto_backing = backing_file or ""
+
+    @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        return role == "file"
 
     @classmethod
     def open(cls, opening: Opening) -> BlockNode:
@@ -247,6 +252,17 @@ class Qcow2Node(BlockNode):
 
     async def _flush(self) -> None:
         await self._ctx.run(self.image.flush)
+
+    async def _discard(self, offset: int, length: int) -> None:
+        # QEMU's pass-discard-request (default: the node's own discard=unmap)
+        # passes freed clusters down, where the file child must unmap too.
+        punch = bool(self.options.get("pass-discard-request", True)) and self.file.unmap
+        async with self._lock:
+            await self._ctx.run(functools.partial(self.image.discard, offset, length, punch=punch))
+        self.file.refresh_length()
+
+    def cluster_size(self) -> int | None:
+        return self.image.cluster_size
 
     async def _block_status(self, offset: int, length: int) -> tuple[bool | None, int]:
         extent = await self._ctx.run(self.image.block_status, offset, length)

@@ -30,6 +30,10 @@ class RawNode(BlockNode):
         self._fixed_size: int | None = int(self.options["size"]) if "size" in self.options else None
 
     @classmethod
+    def child_unmap(cls, role: str, options: dict[str, Any]) -> bool:
+        return role == "file"
+
+    @classmethod
     def open(cls, opening: Opening) -> BlockNode:
         options = opening.options
         child = opening.child("file")
@@ -78,6 +82,11 @@ class RawNode(BlockNode):
 
     async def _write_zeroes(self, offset: int, length: int) -> None:
         await self.file.write_zeroes(self.offset + offset, length)
+
+    async def _discard(self, offset: int, length: int) -> None:
+        n = self._clamp(offset, length)
+        if n:
+            await self.file.discard(self.offset + offset, n)
 
     async def _flush(self) -> None:
         self.file._debug_event("flush_to_os")
