@@ -168,6 +168,7 @@ async def test_discard_source_on_qcow2_layers(c: JobClient, tmp_path: Path) -> N
     subprocess.run([qemu_io, "-c", "write -P 9 0 2M", str(top)], check=True, capture_output=True)
     tgt.write_bytes(b"")
     os.truncate(tgt, SIZE)
+    before = blocks(top)
     file = {"driver": "file", "filename": str(top)}
     await c.ok(
         "blockdev-add", **{"node-name": "top", "driver": "qcow2", "file": file, "discard": "unmap"}
@@ -186,6 +187,8 @@ async def test_discard_source_on_qcow2_layers(c: JobClient, tmp_path: Path) -> N
     # top's own clusters were dropped: the chain reads zeros there, not the
     # backing file's bytes (the v3 zero flag).
     await c.ok("blockdev-del", **{"node-name": "top"})
+    # The 2 MiB of top's own data clusters are holes in its file now.
+    assert before - blocks(top) >= (2 << 20) // 512
     flat = tmp_path / "flat.raw"
     subprocess.run([QEMU_IMG, "convert", "-O", "raw", str(top), str(flat)], check=True)
     assert flat.read_bytes() == bytes(2 << 20) + b"\x05" * (2 << 20)

@@ -178,11 +178,12 @@ class BlockGraph:
         """All nodes, newest first."""
         return sorted(self._nodes.values(), key=lambda n: n._order, reverse=True)
 
-    def query_named_block_nodes(self) -> list[dict[str, Any]]:
-        """``query-named-block-nodes``: BlockDeviceInfo of every node, newest first."""
+    def query_named_block_nodes(self, *, flat: bool = False) -> list[dict[str, Any]]:
+        """``query-named-block-nodes``: BlockDeviceInfo of every node, newest
+        first; ``flat`` leaves out what lies below each node."""
         return [
             info.device_info(
-                node, show_active=self._show_active, protocol_info=self._protocol_info
+                node, show_active=self._show_active, protocol_info=self._protocol_info, flat=flat
             )
             for node in self.nodes()
         ]

@@ -82,9 +82,12 @@ def filename(node: BlockNode) -> str:
     return json_filename(full_open_options(node))
 
 
-def image_info(node: BlockNode, *, protocol_info: bool = False) -> dict[str, Any]:
+def image_info(
+    node: BlockNode, *, protocol_info: bool = False, flat: bool = False
+) -> dict[str, Any]:
     """QEMU's ImageInfo of the node, members in QAPI order; with
-    *protocol_info* (QEMU 8.0 on), a protocol node's ``format-specific``."""
+    *protocol_info* (QEMU 8.0 on), a protocol node's ``format-specific``;
+    *flat*: without ``backing-image``."""
     info: dict[str, Any] = {"filename": filename(node), "format": node.driver}
     if node.has_info():
         info["dirty-flag"] = False
@@ -97,24 +100,24 @@ def image_info(node: BlockNode, *, protocol_info: bool = False) -> dict[str, Any
         specific = node.protocol_format_specific()
         if specific is not None:
             info["format-specific"] = specific
-    below = node.filter_or_cow_child()
+    below = None if flat else node.filter_or_cow_child()
     if below is not None:
         info["backing-image"] = image_info(below, protocol_info=protocol_info)
     return _in_order(info, IMAGE_INFO_MEMBERS)
 
 
 def device_info(
-    node: BlockNode, *, show_active: bool = False, protocol_info: bool = False
+    node: BlockNode, *, show_active: bool = False, protocol_info: bool = False, flat: bool = False
 ) -> dict[str, Any]:
     """QEMU's BlockDeviceInfo for ``query-named-block-nodes``, in its member
     order; ``active`` (QEMU 10.0) with *show_active*; *protocol_info*: see
     :func:`image_info`."""
-    depth = 0
-    below = node.filter_or_cow_child()
+    depth = 0  # QEMU counts it while it gathers what lies below, which flat skips
+    below = None if flat else node.filter_or_cow_child()
     while below is not None:
         depth += 1
         below = below.filter_or_cow_child()
-    image = image_info(node, protocol_info=protocol_info)
+    image = image_info(node, protocol_info=protocol_info, flat=flat)
     info: dict[str, Any] = {
         "file": filename(node),
         "node-name": node.node_name,

@@ -19,7 +19,7 @@ def block_commands(graph: BlockGraph) -> list[tuple[str, Handler]]:
         return {}
 
     def query_named_block_nodes(session: SessionControl, args: dict[str, Any]) -> Any:
-        return graph.query_named_block_nodes()
+        return graph.query_named_block_nodes(flat=args.get("flat", False))
 
     def blockdev_set_active(session: SessionControl, args: dict[str, Any]) -> Any:
         graph.set_active(args.get("node-name"), args["active"])

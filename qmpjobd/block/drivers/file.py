@@ -35,6 +35,7 @@ def _extent_size_hint(fd: int) -> int:
         return 0
     return int(_FSXATTR.unpack(raw)[1])
 
+
 _ZERO_CHUNK = 1 << 20
 
 
