@@ -187,8 +187,9 @@ async def test_discard_source_on_qcow2_layers(c: JobClient, tmp_path: Path) -> N
     # top's own clusters were dropped: the chain reads zeros there, not the
     # backing file's bytes (the v3 zero flag).
     await c.ok("blockdev-del", **{"node-name": "top"})
-    # The 2 MiB of top's own data clusters are holes in its file now.
-    assert before - blocks(top) >= (2 << 20) // 512
+    # top's own 2 MiB of data clusters are holes in its file now (metadata
+    # pages may have been written meanwhile).
+    assert (before - blocks(top)) * 512 >= (2 << 20) - 65536
     flat = tmp_path / "flat.raw"
     subprocess.run([QEMU_IMG, "convert", "-O", "raw", str(top), str(flat)], check=True)
     assert flat.read_bytes() == bytes(2 << 20) + b"\x05" * (2 << 20)
