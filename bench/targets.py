@@ -146,12 +146,17 @@ def rss_kib(pid: int | None) -> int | None:
     return None
 
 
+#: qmpjobd runs as the release of the reference daemon (qemu-storage-daemon
+#: on PATH: 7.2), so both do the same work per job.
+_QMPJOBD = [sys.executable, "-m", "qmpjobd", "--qemu-version", "7.2"]
+
+
 def _command(spec: TargetSpec, sockets: list[str]) -> list[str]:
     if spec.kind == "qmpjobd":
-        return [sys.executable, "-m", "qmpjobd", "--socket", sockets[0]]
+        return [*_QMPJOBD, "--socket", sockets[0]]
     if spec.kind == "qmpjobd-state":
         # The server runs in its temporary folder: the state directory is new.
-        return [sys.executable, "-m", "qmpjobd", "--socket", sockets[0], "--state-dir", "state"]
+        return [*_QMPJOBD, "--socket", sockets[0], "--state-dir", "state"]
     if spec.kind == "qemu":
         argv = ["qemu-storage-daemon"]
         for i, path in enumerate(sockets):

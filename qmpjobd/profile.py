@@ -86,7 +86,7 @@ QEMU_10_0: Final = Profile(
 PROFILES: Final[dict[str, Profile]] = {p.name: p for p in (QEMU_7_2, QEMU_10_0)}
 
 #: The newest profile the differential suite proves against its live daemon.
-DEFAULT_PROFILE: Final = QEMU_7_2.name
+DEFAULT_PROFILE: Final = QEMU_10_0.name
 
 
 def profile(name: str) -> Profile:

@@ -16,6 +16,8 @@ import pytest
 
 from qmpjobd.app import App, Config
 
+from .support import RELEASE
+
 
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
@@ -92,7 +94,7 @@ class RawClient:
 @pytest.fixture
 async def app(sock_dir: Path) -> AsyncIterator[App]:
     """An in-process daemon listening on ``sock_dir/qmp.sock``."""
-    daemon = App(Config(sockets=[sock_dir / "qmp.sock"]))
+    daemon = App(Config(sockets=[sock_dir / "qmp.sock"], qemu_version=RELEASE))
     await daemon.start()
     try:
         yield daemon

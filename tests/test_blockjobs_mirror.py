@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from .support import RELEASE
 from .support.blockjobs import J, JobClient, add_file, add_null, sha256, write_random
 
 pytestmark = pytest.mark.timeout(20)
@@ -371,7 +372,7 @@ async def test_drive_targets_respect_allow_path(sock_dir: Path, tmp_path: Path) 
 
     allowed = tmp_path / "ok"
     allowed.mkdir()
-    daemon = App(Config(sockets=[sock_dir / "a.sock"], allow_paths=[allowed]))
+    daemon = App(Config(sockets=[sock_dir / "a.sock"], allow_paths=[allowed], qemu_version=RELEASE))
     await daemon.start()
     client = await JobClient.connect(sock_dir / "a.sock")
     try:

@@ -21,6 +21,7 @@ import pytest
 
 from qmpjobd.app import App, Config
 
+from .support import RELEASE
 from .support.concurrency_model import (
     error_problem,
     prepare_workdir,
@@ -72,7 +73,7 @@ async def test_quit_while_others_act(sock_dir: Path, tmp_path: Path) -> None:
     prepare_workdir(tmp_path)
     for seed in range(_SEED, _SEED + 20):
         sockets = [sock_dir / "qmp.sock", sock_dir / "qmp2.sock"]
-        app = App(Config(sockets=sockets, allow_paths=[tmp_path]))
+        app = App(Config(sockets=sockets, allow_paths=[tmp_path], qemu_version=RELEASE))
         await app.start()
         try:
             await quit_while_busy(app, seed, tmp_path)

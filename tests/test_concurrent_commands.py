@@ -18,6 +18,7 @@ from qmpjobd.app import App, Config
 from qmpjobd.jobs import JobStatus
 
 from .conftest import RawClient
+from .support import RELEASE
 from .support.jobs import Harness, make_harness
 
 
@@ -76,7 +77,7 @@ async def test_cancel_all_beside_a_waiting_drain(h: Harness) -> None:
 
 @pytest.fixture
 async def daemon(tmp_path: Path, sock_dir: Path) -> AsyncIterator[App]:
-    app = App(Config(sockets=[sock_dir / "qmp.sock"], allow_paths=[tmp_path]))
+    app = App(Config(sockets=[sock_dir / "qmp.sock"], allow_paths=[tmp_path], qemu_version=RELEASE))
     await app.start()
     try:
         yield app

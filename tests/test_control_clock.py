@@ -13,6 +13,7 @@ from qmpjobd.clock import VirtualClock
 from qmpjobd.testing import Daemon
 
 from .conftest import RawClient
+from .support import RELEASE
 
 pytestmark = pytest.mark.timeout(30)
 MiB = 1 << 20
@@ -110,7 +111,7 @@ SCRIPT: list[dict[str, Any]] = [
 
 async def _transcript(sock_dir: Path, run: int) -> bytes:
     path = sock_dir / f"v{run}.sock"
-    app = App(Config(sockets=[path], clock="virtual", clock_epoch=EPOCH))
+    app = App(Config(sockets=[path], clock="virtual", clock_epoch=EPOCH, qemu_version=RELEASE))
     await app.start()
     try:
         client = await RawClient.connect(path, negotiate=False)

@@ -327,7 +327,7 @@ def test_default_log_is_one_line_at_start_and_one_at_stop(
     lines = daemon.lines()
     assert len(lines) == 2
     assert re.fullmatch(
-        rf"{_STAMP} qmpjobd: info: qmpjobd {re.escape(__version__)} \(QEMU 7\.2\.0\) started,"
+        rf"{_STAMP} qmpjobd: info: qmpjobd {re.escape(__version__)} \(QEMU 10\.0\.0\) started,"
         rf" pid {daemon.proc.pid}, listening on {re.escape(str(path))}",
         lines[0],
     )
@@ -427,7 +427,7 @@ def test_daemonize_returns_once_listening(sock_dir: Path) -> None:
     pid = int(pidfile.read_text())
     # The start line still reaches the terminal; then the daemon lets go of it.
     assert re.fullmatch(
-        rf"{_STAMP} qmpjobd: info: qmpjobd \S+ \(QEMU 7\.2\.0\) started, pid {pid},"
+        rf"{_STAMP} qmpjobd: info: qmpjobd \S+ \(QEMU 10\.0\.0\) started, pid {pid},"
         rf" listening on {re.escape(str(path))}\n",
         proc.stderr.decode(),
     )

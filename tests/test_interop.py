@@ -15,7 +15,9 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from qmpjobd.app import App
 
-VERSION = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "qmpjobd 0.1.0"}
+#: The default profile's version, and the one of the ``app`` fixture's profile.
+VERSION = {"qemu": {"micro": 0, "minor": 0, "major": 10}, "package": "qmpjobd 0.1.0"}
+VERSION_7_2 = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "qmpjobd 0.1.0"}
 
 
 async def test_qmpclient_connect_execute_errors(sock: Path) -> None:
@@ -23,9 +25,9 @@ async def test_qmpclient_connect_execute_errors(sock: Path) -> None:
     await client.connect(str(sock))
     try:
         assert client.greeting is not None
-        assert client.greeting.QMP.version == VERSION
+        assert client.greeting.QMP.version == VERSION_7_2
         assert client.greeting.QMP.capabilities == ["oob"]
-        assert await client.execute("query-version") == VERSION
+        assert await client.execute("query-version") == VERSION_7_2
         with pytest.raises(ExecuteError) as info:
             await client.execute("no-such-command")
         assert info.value.error_class == "CommandNotFound"
@@ -111,7 +113,7 @@ def test_qmp_shell_on_stdin(sock_dir: Path) -> None:
             timeout=20,
             check=True,
         ).stdout
-        assert "Connected to QEMU 7.2.0" in out
+        assert "Connected to QEMU 10.0.0" in out
         assert '"package": "qmpjobd 0.1.0"' in out
         assert "The command nope has not been found" in out
         assert "Parameter 'bogus' is unexpected" in out

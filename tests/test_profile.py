@@ -15,8 +15,12 @@ from qmpjobd.profile import DEFAULT_PROFILE, PROFILES, QEMU_7_2, QEMU_10_0, Prof
 from .conftest import RawClient
 
 
+def test_the_default_is_the_newest_profile() -> None:
+    # The newest release the differential suite proves against its live daemon.
+    assert DEFAULT_PROFILE == "10.0"
+
+
 def test_the_7_2_profile_is_todays_behaviour() -> None:
-    assert DEFAULT_PROFILE == "7.2"
     assert PROFILES == {"7.2": QEMU_7_2, "10.0": QEMU_10_0}
     assert QEMU_7_2.qemu_version == (7, 2, 0)
     assert QEMU_7_2.release == "7.2.0"

@@ -19,6 +19,7 @@ from qmpjobd.app import App, Config
 from qmpjobd.errors import ConfigError
 
 from .conftest import RawClient
+from .support import RELEASE
 
 pytestmark = pytest.mark.usefixtures("collect_garbage")
 
@@ -86,7 +87,7 @@ async def test_events_reach_every_negotiated_monitor_only(app: App, sock: Path) 
 async def test_client_that_never_reads_is_dropped_others_unharmed(
     sock_dir: Path,
 ) -> None:
-    daemon = App(Config(sockets=[sock_dir / "s"], max_outbound=64 * 1024))
+    daemon = App(Config(sockets=[sock_dir / "s"], max_outbound=64 * 1024, qemu_version=RELEASE))
     await daemon.start()
     try:
         path = sock_dir / "s"
@@ -148,7 +149,7 @@ async def test_200_monitors_at_once(app: App, sock: Path) -> None:
 async def test_socket_mode_and_files(sock_dir: Path) -> None:
     path = sock_dir / "m.sock"
     pidfile = sock_dir / "pid"
-    daemon = App(Config(sockets=[path], socket_mode=0o660, pidfile=pidfile))
+    daemon = App(Config(sockets=[path], socket_mode=0o660, pidfile=pidfile, qemu_version=RELEASE))
     await daemon.start()
     assert stat.S_IMODE(path.stat().st_mode) == 0o660
     assert pidfile.read_text() == f"{os.getpid()}\n"
@@ -163,12 +164,12 @@ async def test_default_socket_mode_is_0600(sock: Path) -> None:
 
 async def test_live_socket_is_refused_stale_one_replaced(sock_dir: Path, sock: Path) -> None:
     with pytest.raises(ConfigError, match="another daemon is listening on"):
-        await App(Config(sockets=[sock])).start()
+        await App(Config(sockets=[sock], qemu_version=RELEASE)).start()
     stale = sock_dir / "stale.sock"
     leftover = socket.socket(socket.AF_UNIX)
     leftover.bind(str(stale))
     leftover.close()
-    daemon = App(Config(sockets=[stale]))
+    daemon = App(Config(sockets=[stale], qemu_version=RELEASE))
     await daemon.start()
     client = await RawClient.connect(stale)
     await client.close()
@@ -179,12 +180,12 @@ async def test_not_a_socket_is_refused(sock_dir: Path) -> None:
     path = sock_dir / "file"
     path.write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a socket"):
-        await App(Config(sockets=[path])).start()
+        await App(Config(sockets=[path], qemu_version=RELEASE)).start()
     assert path.read_text() == "x"
 
 
 async def test_quit_replies_then_closes(sock_dir: Path) -> None:
-    daemon = App(Config(sockets=[sock_dir / "q"]))
+    daemon = App(Config(sockets=[sock_dir / "q"], qemu_version=RELEASE))
     run = asyncio.create_task(daemon.run())
     await daemon.started.wait()
     client = await RawClient.connect(sock_dir / "q")

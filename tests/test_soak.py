@@ -11,6 +11,7 @@ from bench.soak import soak
 from qmpjobd.app import App, Config
 
 from .conftest import RawClient
+from .support import RELEASE
 from .support.concurrency_model import Checker
 
 
@@ -29,7 +30,7 @@ async def test_a_monitor_that_stops_reading_is_dropped_and_the_rest_go_on(
     """One monitor stops reading while ten cycle backups: once more than
     ``max_outbound`` bytes wait for it, it is disconnected, and nobody else
     notices (no error, nothing left over, the books balance)."""
-    app = App(Config(sockets=[sock_dir / "qmp.sock"], max_outbound=64 * 1024))
+    app = App(Config(sockets=[sock_dir / "qmp.sock"], max_outbound=64 * 1024, qemu_version=RELEASE))
     await app.start()
     try:
         stalled = await RawClient.connect(sock_dir / "qmp.sock")

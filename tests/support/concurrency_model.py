@@ -63,6 +63,8 @@ from qmpjobd.blockjobs.drivers import BackupDriver, BlockJobDriver, MirrorDriver
 from qmpjobd.jobs import JobStatus, JobVerb
 from qmpjobd.jobs.tables import TRANSITIONS, VERB_TABLE
 
+from . import RELEASE
+
 MiB = 1 << 20
 #: a key the client adds to every reply it hands out (not a QMP member)
 EVENTS_BEFORE = "_events_before"
@@ -1451,7 +1453,7 @@ async def run_batch(
 
     async def new_app() -> App:
         sockets = [sock_dir / "qmp.sock", sock_dir / "qmp2.sock"]
-        app = App(Config(sockets=sockets, allow_paths=[workdir]))
+        app = App(Config(sockets=sockets, allow_paths=[workdir], qemu_version=RELEASE))
         await app.start()
         return app
 

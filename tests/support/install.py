@@ -136,7 +136,7 @@ def check(workdir: Path, *, offline: bool) -> dict[str, Any]:
     result = exchange(bindir, workdir)
     greeting, negotiated, version = result["received"]
     assert result["module"].startswith(str(workdir / "venv")), result["module"]
-    assert greeting["QMP"]["version"]["qemu"]["major"] == 7, greeting
+    assert greeting["QMP"]["version"]["qemu"]["major"] == 10, greeting
     assert negotiated == {"return": {}}, negotiated
     assert version["id"] == 1 and version["return"]["package"].startswith("qmpjobd "), version
     assert result["returncode"] == 0, result
