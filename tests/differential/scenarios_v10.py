@@ -9,7 +9,7 @@ Collected into :data:`tests.differential.scenarios.ALL`.
 from __future__ import annotations
 
 from .model import JSON, Expect, Scenario, Step
-from .scenarios_chain import file, img, run
+from .scenarios_chain import file, img, overlay, run
 from .scenarios_jobs import E, ask, backup_args, null, qb, setup, start_backup, start_mirror
 from .steps import QUIET_MS, J, MiB, cmd, connect, jobs, negotiate
 
@@ -391,17 +391,7 @@ BACKUP_ARGUMENTS: tuple[Scenario, ...] = (
             negotiate(0),
             run("qemu-img", "create", "-f", "qcow2", img("base.qcow2"), "1M"),
             run("qemu-io", "-c", "write -P 1 0 1M", img("base.qcow2")),
-            run(
-                "qemu-img",
-                "create",
-                "-f",
-                "qcow2",
-                "-b",
-                "base.qcow2",
-                "-F",
-                "qcow2",
-                img("top.qcow2"),
-            ),
+            overlay("top.qcow2", "base.qcow2"),
             run("qemu-io", "-c", "write -P 2 256k 256k", img("top.qcow2")),
             run("qemu-img", "create", "-f", "qcow2", img("solo.qcow2"), "1M"),
             run("qemu-io", "-c", "write -P 3 0 512k", img("solo.qcow2")),
