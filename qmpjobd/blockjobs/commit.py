@@ -28,7 +28,7 @@ from ..jobs import Job, JobFailure, JobType
 from .copy import Cancelled, Copier
 from .drivers import BlockJobDriver, MirrorDriver
 from .policy import OnError
-from .stream import MERGE_LIMIT, allocated_above, chunk_with_policy
+from .stream import MERGE_LIMIT, allocated_above, copy_in_chunks
 
 #: QEMU's COMMIT_BUFFER_SIZE: the largest range one step looks at.
 COMMIT_BUFFER_SIZE = 512 * 1024
@@ -87,34 +87,16 @@ class CommitDriver(BlockJobDriver):
             self.base.reopen_read_only()
 
     async def run(self, job: Job) -> None:
-        size = self.layers[0].size
-        job.progress_set_remaining(size)
         copier = self.copier(job)
-        offset = 0
-        try:
-            while offset < size:
-                await copier.throttle()
-                if job.is_cancelled:
-                    return
-                pos = offset
-                want = min(COMMIT_BUFFER_SIZE, size - pos)
-                outcome = await chunk_with_policy(
-                    job,
-                    self.on_source_error,
-                    lambda: self._step(copier, pos, want),  # noqa: B023
-                    ignore_skips=False,
-                )
-                assert not isinstance(outcome, int)
-                n, copied = outcome
-                if copied:
-                    self.limiter.account(n)
-                job.progress_update(n)
-                offset += n
-            await copier.flush()
-        except Cancelled:
-            return
-        finally:
-            copier.close()
+        await copy_in_chunks(
+            job,
+            copier,
+            self.layers[0].size,
+            COMMIT_BUFFER_SIZE,
+            lambda pos, want: self._step(copier, pos, want),
+            policy=self.on_source_error,
+            ignore_skips=False,  # a commit tries a failed chunk again at once
+        )
 
     async def _step(self, copier: Copier, pos: int, want: int) -> tuple[int, bool]:
         """One chunk: ``(bytes looked at, whether they were copied)``."""

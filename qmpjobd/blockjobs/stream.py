@@ -15,6 +15,7 @@ Must not import: sockets, JSON.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -68,6 +69,57 @@ async def chunk_with_policy(
             await job.pause_point()
             if job.is_cancelled:
                 raise Cancelled from None
+
+
+async def copy_in_chunks(
+    job: Job,
+    copier: Copier,
+    size: int,
+    chunk: int,
+    step: Callable[[int, int], Awaitable[tuple[int, bool]]],
+    *,
+    policy: OnError,
+    ignore_skips: bool = True,
+) -> None:
+    """The loop of a stream or commit: ``step(pos, want)`` looks at up to
+    ``want`` bytes at ``pos`` (at most ``chunk``) and says how many it
+    looked at and whether it copied them; rate limit, pause points, progress
+    and the ``on-error`` policy (:func:`chunk_with_policy`) around it, then a
+    flush. Returns early when the job is cancelled.
+
+    :raise OSError: a reported error, or the first error ``ignore`` skipped.
+    """
+    job.progress_set_remaining(size)
+    offset = 0
+    failed = 0
+    try:
+        while offset < size:
+            await copier.throttle()
+            if job.is_cancelled:
+                return
+            pos, want = offset, min(chunk, size - offset)
+            outcome = await chunk_with_policy(
+                job,
+                policy,
+                functools.partial(step, pos, want),
+                ignore_skips=ignore_skips,
+            )
+            if isinstance(outcome, int):
+                failed = failed or outcome
+                n, copied = want, False
+            else:
+                n, copied = outcome
+            if copied:
+                copier.limiter.account(n)
+            job.progress_update(n)
+            offset += n
+        if failed:
+            raise OSError(failed, os.strerror(failed))
+        await copier.flush()
+    except Cancelled:
+        return
+    finally:
+        copier.close()
 
 
 async def allocated_above(layers: list[BlockNode], offset: int, length: int) -> tuple[bool, int]:
@@ -129,40 +181,15 @@ class StreamDriver(BlockJobDriver):
     async def run(self, job: Job) -> None:
         if not self.layers:
             return  # nothing to stream
-        top = self.top
-        size = top.size
-        job.progress_set_remaining(size)
         copier = self.copier(job)
-        offset = 0
-        failed = 0
-        try:
-            while offset < size:
-                await copier.throttle()
-                if job.is_cancelled:
-                    return
-                pos = offset
-                want = min(STREAM_CHUNK, size - pos)
-                outcome = await chunk_with_policy(
-                    job,
-                    self.on_source_error,
-                    lambda: self._step(copier, pos, want),  # noqa: B023
-                )
-                if isinstance(outcome, int):
-                    failed = failed or outcome
-                    n, copied = want, False
-                else:
-                    n, copied = outcome
-                if copied:
-                    self.limiter.account(n)
-                job.progress_update(n)
-                offset += n
-            if failed:
-                raise OSError(failed, os.strerror(failed))
-            await copier.flush()
-        except Cancelled:
-            return
-        finally:
-            copier.close()
+        await copy_in_chunks(
+            job,
+            copier,
+            self.top.size,
+            STREAM_CHUNK,
+            lambda pos, want: self._step(copier, pos, want),
+            policy=self.on_source_error,
+        )
 
     async def _step(self, copier: Copier, pos: int, want: int) -> tuple[int, bool]:
         """One chunk: ``(bytes looked at, whether they were copied)``."""
