@@ -108,6 +108,16 @@ def sock(app: App) -> Path:
 
 
 @pytest.fixture
+async def c(sock: Path) -> AsyncIterator[Any]:
+    """A :class:`tests.support.blockjobs.JobClient` on the ``app`` fixture's socket."""
+    from .support.blockjobs import JobClient  # it builds on RawClient, defined here
+
+    client = await JobClient.connect(sock)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
 def collect_garbage() -> Iterator[None]:
     """Collect after the test, so that a socket or transport it leaked is
     reported (a ResourceWarning, an error here) against this very test.

@@ -6,7 +6,6 @@ Event sequences and texts as recorded from qemu-storage-daemon 7.2.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,6 @@ from .support.blockjobs import (
 )
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 async def files(c: JobClient, tmp_path: Path, size: int = SIZE) -> tuple[Path, Path]:

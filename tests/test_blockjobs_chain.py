@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +91,6 @@ def random_chain(tmp: Path, layers: int = 3, seed: int = 5) -> list[Path]:
         run("qemu-io", *ops, path)
         paths.append(path)
     return paths
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 async def add_qcow2(c: JobClient, name: str, path: Path, **extra: Any) -> None:

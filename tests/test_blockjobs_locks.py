@@ -9,7 +9,6 @@ qemu-storage-daemon 7.2 answers.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ import pytest
 from .support.blockjobs import JobClient, add_null
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 @pytest.mark.xfail(strict=True, reason="qmpjobd difference: no image locking")

@@ -6,7 +6,6 @@ Sequences and texts as recorded from qemu-storage-daemon 7.2.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,6 @@ from .support.blockjobs import J, JobClient, add_file, add_null, sha256, write_r
 pytestmark = pytest.mark.timeout(20)
 SIZE = 1000123
 NODE = 1000448  # mirror progress counts bytes of the node
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 def info(job: str, length: int, offset: int | None = None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ from .support.blockjobs import (
 )
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 NODE = 1000448

@@ -10,7 +10,6 @@ with a permission conflict. Both checked live against qemu-storage-daemon
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ import pytest
 from .support.blockjobs import J, JobClient, add_null
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 async def test_a_mirror_target_is_not_a_root_node(c: JobClient, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ replies).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ import pytest
 from .support.blockjobs import J, JobClient, add_file, add_null, done, write_random
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 def backup(job: str, device: str, target: str, **extra: Any) -> dict[str, Any]:

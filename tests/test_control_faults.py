@@ -3,7 +3,6 @@ acts on an injected fault as on a real one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,6 @@ from .support.control import wait_held
 pytestmark = pytest.mark.timeout(20)
 MiB = 1 << 20
 CHUNK = 64 * 1024
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 def info(job: str, offset: int, **extra: Any) -> dict[str, Any]:

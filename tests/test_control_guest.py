@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,6 @@ from .support.control import wait_held
 pytestmark = pytest.mark.timeout(20)
 SIZE = 1 << 20
 CLUSTER = 64 * 1024
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 async def files(c: JobClient, tmp_path: Path) -> tuple[Path, Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,6 @@ from .support.control import wait_held
 
 pytestmark = pytest.mark.timeout(20)
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def c(sock: Path) -> AsyncIterator[JobClient]:
-    client = await JobClient.connect(sock)
-    yield client
-    await client.close()
 
 
 def changes(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
