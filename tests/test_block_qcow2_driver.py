@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from qmpjobd.block.drivers.qcow2 import Qcow2CreateOptions, create_on
 from qmpjobd.block.qcow2 import create_path
 from qmpjobd.errors import QMPError
 
+from .support.qemu_img import check_clean, compare, run
+
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
     reason="needs qemu-img and qemu-io",
@@ -31,27 +32,6 @@ pytestmark = pytest.mark.skipif(
 KiB = 1024
 MiB = 1024 * KiB
 SIZE = MiB
-
-
-def run(*args: str | Path) -> str:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}: {result.stderr}{result.stdout}"
-    return result.stdout
-
-
-def check_clean(path: Path) -> None:
-    report = json.loads(run("qemu-img", "check", "--output=json", path))
-    assert report.get("corruptions", 0) == 0 and report.get("leaks", 0) == 0, report
-
-
-def compare(path: Path, reference: Path) -> None:
-    """``path`` (qcow2, with its backing chain) reads like ``reference``."""
-    result = subprocess.run(
-        ["qemu-img", "compare", str(path), str(reference)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def write_model(model: bytearray, offset: int, data: bytes) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 from qmpjobd.app import App
 
 from .support.blockjobs import J, JobClient, done
+from .support.qemu_img import check_clean, compare, run
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -36,22 +36,6 @@ pytestmark = [
 KiB = 1024
 MiB = 1024 * KiB
 SIZE = 4 * MiB
-
-
-def run(*args: str | Path) -> str:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}: {result.stderr}{result.stdout}"
-    return result.stdout
-
-
-def check_clean(path: Path) -> None:
-    report = json.loads(run("qemu-img", "check", "--output=json", path))
-    assert report.get("corruptions", 0) == 0 and report.get("leaks", 0) == 0, report
-
-
-def compare(a: Path, b: Path) -> None:
-    result = subprocess.run(["qemu-img", "compare", str(a), str(b)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def flat(image: Path, out: Path) -> Path:

@@ -56,6 +56,7 @@ import pytest
 from qmpjobd.block.qcow2 import FdHostFile, Qcow2Image, create_path
 
 from .support.ledger import Client, Daemon
+from .support.qemu_img import run
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
@@ -69,12 +70,6 @@ PAGE = 4096  # a killed pwrite stops between pages of the page cache
 KINDS = ("stream", "commit", "backup")
 MAGIC = b"QFI\xfb"
 INCOMPAT_DIRTY = 1
-
-
-def run(*args: str | Path) -> str:
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}: {result.stderr}{result.stdout}"
-    return result.stdout
 
 
 def header_backing(image: Path) -> str | None:
