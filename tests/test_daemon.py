@@ -5,12 +5,10 @@ Start-up errors, signals, the pid file lock, logs, --daemonize.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,8 @@ import pytest
 
 from qmpjobd import __version__
 
+from .support.sync_client import SyncClient as Client
+
 _STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
 
 
@@ -31,37 +31,6 @@ def _command(*args: str) -> list[str]:
 
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-class Client:
-    """A blocking QMP client on a raw socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(5)
-        self.sock.connect(str(path))
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.recv()
-
-    def recv(self) -> dict[str, Any]:
-        line = self.file.readline()
-        assert line, "connection closed"
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    def execute(self, command: str, **arguments: Any) -> dict[str, Any]:
-        message: dict[str, Any] = {"execute": command}
-        if arguments:
-            message["arguments"] = arguments
-        self.sock.sendall(json.dumps(message).encode())
-        while True:
-            reply = self.recv()
-            if "event" not in reply:
-                return reply
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 class Daemon:

@@ -4,7 +4,6 @@ keeps every event it sees (for the ledger and journal tests)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .sync_client import SyncClient
 
 
 class Daemon:
@@ -62,40 +63,11 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-class Client:
-    """A blocking QMP client that keeps every event, in order."""
+class Client(SyncClient):
+    """A blocking QMP client, negotiated, that keeps every event, in order."""
 
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.file = self.sock.makefile("rb")
-        self.events: list[dict[str, Any]] = []
-        self.recv()
-        assert self.execute("qmp_capabilities") == {"return": {}}
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def recv(self) -> dict[str, Any]:
-        line = self.file.readline()
-        if not line:
-            raise ConnectionError("connection closed")
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    def execute(self, command: str, **arguments: Any) -> dict[str, Any]:
-        message: dict[str, Any] = {"execute": command}
-        if arguments:
-            message["arguments"] = arguments
-        self.sock.sendall(json.dumps(message).encode())
-        while True:
-            reply = self.recv()
-            if "event" in reply:
-                self.events.append(reply)
-            else:
-                return reply
+        super().__init__(path, timeout, negotiate=True)
 
     def ok(self, command: str, **arguments: Any) -> Any:
         reply = self.execute(command, **arguments)
