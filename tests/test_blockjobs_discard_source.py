@@ -58,19 +58,34 @@ def blocks(path: Path) -> int:
     return os.stat(path).st_blocks
 
 
-async def backup(c: JobClient, job: str, device: str, target: str, **extra: Any) -> None:
-    await c.ok(
-        "blockdev-backup", device=device, target=target, sync="full", **{"job-id": job}, **extra
-    )
-    await c.wait_for("J", "null", job)
-    assert c.take() == [
+def whole_life(job: str, length: int) -> list[Any]:
+    """Every event of a backup that runs alone to its end."""
+    return [
         *blip(job),
         J("waiting", job),
         J("pending", job),
-        ("BLOCK_JOB_COMPLETED", done(job, SIZE)),
+        ("BLOCK_JOB_COMPLETED", done(job, length)),
         J("concluded", job),
         J("null", job),
     ]
+
+
+async def backup(
+    c: JobClient,
+    job: str,
+    device: str,
+    target: str,
+    *,
+    sync: str = "full",
+    length: int = SIZE,
+    **extra: Any,
+) -> None:
+    """A backup run to its end, with exactly the events it must send."""
+    await c.ok(
+        "blockdev-backup", device=device, target=target, sync=sync, **{"job-id": job}, **extra
+    )
+    await c.wait_for("J", "null", job)
+    assert c.take() == whole_life(job, length)
 
 
 @pytest.fixture
@@ -174,15 +189,7 @@ async def test_discard_source_on_qcow2_layers(c: JobClient, tmp_path: Path) -> N
         "blockdev-add", **{"node-name": "top", "driver": "qcow2", "file": file, "discard": "unmap"}
     )
     await add_file(c, "t", tgt)
-    await c.ok(
-        "blockdev-backup",
-        device="top",
-        target="t",
-        sync="top",
-        **{"job-id": "j", "discard-source": True},
-    )
-    await c.wait_for("J", "null", "j")
-    assert ("BLOCK_JOB_COMPLETED", done("j", 2 << 20)) in c.take()
+    await backup(c, "j", "top", "t", sync="top", length=2 << 20, **{"discard-source": True})
     assert tgt.read_bytes()[: 2 << 20] == b"\x09" * (2 << 20)
     # top's own clusters were dropped: the chain reads zeros there, not the
     # backing file's bytes (the v3 zero flag).
@@ -206,16 +213,7 @@ async def test_min_cluster_size_sets_the_copy_granularity(c: JobClient) -> None:
         ("b", 1024, 65 << 16),
         ("c", 0, 65 << 16),
     ):
-        perf = {"min-cluster-size": minimum}
-        await c.ok(
-            "blockdev-backup",
-            device="s",
-            target="t",
-            sync="full",
-            **{"job-id": job, "x-perf": perf},
-        )
-        await c.wait_for("J", "null", job)
-        assert ("BLOCK_JOB_COMPLETED", done(job, length)) in c.take()
+        await backup(c, job, "s", "t", length=length, **{"x-perf": {"min-cluster-size": minimum}})
 
 
 @needs_qemu_img
@@ -237,4 +235,4 @@ async def test_a_qcow2_targets_cluster_size_sets_the_granularity(
     assert info["len"] == 5 << 20
     await c72.ok("block-job-set-speed", device="j", speed=0)
     await c72.wait_for("J", "null", "j")
-    assert ("BLOCK_JOB_COMPLETED", done("j", 5 << 20)) in c72.take()
+    assert c72.take() == whole_life("j", 5 << 20)
